@@ -1,0 +1,1 @@
+"""The central side: Flower ServerApp, strategies, and the services for data scientists."""

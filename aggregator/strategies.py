@@ -1,0 +1,85 @@
+"""Aggregation strategies of a job: Flower's message-API strategies, configured from the spec.
+
+Every strategy samples all participating sites each round (cross-silo federated learning:
+few sites, all of them take part), so its minimums equal the number of sites admitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+
+class StrategyError(ValueError):
+    """A strategy name or parameter that cannot be used."""
+
+
+def _fedopt(cls: type[Any]) -> Callable[..., Strategy]:
+    def make(common: dict[str, Any], p: Mapping[str, float]) -> Strategy:
+        kwargs: dict[str, Any] = {k: float(p[k]) for k in ("eta", "eta_l", "tau") if k in p}
+        if cls is not FedAdagrad:
+            kwargs.update({k: float(p[k]) for k in ("beta_1", "beta_2") if k in p})
+        strategy: Strategy = cls(**common, **kwargs)
+        return strategy
+
+    return make
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any], Mapping[str, float]], Strategy]] = {
+    "fedavg": lambda c, p: FedAvg(**c),
+    "fedprox": lambda c, p: FedProx(**c, proximal_mu=float(p.get("proximal_mu", 0.01))),
+    "fedadam": _fedopt(FedAdam),
+    "fedyogi": _fedopt(FedYogi),
+    "fedadagrad": _fedopt(FedAdagrad),
+    "fedavgm": lambda c, p: FedAvgM(
+        **c,
+        server_learning_rate=float(p.get("server_learning_rate", 1.0)),
+        server_momentum=float(p.get("server_momentum", 0.9)),
+    ),
+    "krum": lambda c, p: Krum(**c, num_malicious_nodes=int(p.get("num_malicious_nodes", 1))),
+    "multikrum": lambda c, p: MultiKrum(
+        **c,
+        num_malicious_nodes=int(p.get("num_malicious_nodes", 1)),
+        num_nodes_to_select=int(p.get("num_nodes_to_select", 2)),
+    ),
+    "fedmedian": lambda c, p: FedMedian(**c),
+    "fedtrimmedavg": lambda c, p: FedTrimmedAvg(**c, beta=float(p.get("beta", 0.25))),
+    "bulyan": lambda c, p: Bulyan(**c, num_malicious_nodes=int(p.get("num_malicious_nodes", 1))),
+}
+
+STRATEGY_NAMES = tuple(_BUILDERS)
+
+
+def build_strategy(name: str, params: Mapping[str, float], n_sites: int) -> Strategy:
+    """A Flower strategy that trains and evaluates on all ``n_sites`` each round."""
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise StrategyError(f"unknown strategy {name!r}; expected one of {', '.join(_BUILDERS)}")
+    if n_sites < 1:
+        raise StrategyError("a strategy needs at least one site")
+    common: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": n_sites,
+        "min_evaluate_nodes": n_sites,
+        "min_available_nodes": n_sites,
+    }
+    try:
+        return builder(common, params)
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(f"strategy {name}: {exc}") from exc

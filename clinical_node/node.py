@@ -1,0 +1,236 @@
+"""The clinical node: what a hospital runs to take part in federated jobs.
+
+For each job the node decides admission, and for each round it asks its data view (the
+protection layer) which resources the job may read, extracts the tensors from them, runs
+the job's training plan through its executor (the sandbox), checks the update and hands
+back only that. The Flower ClientApp (``client_app.py``) is a thin adapter over this class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from paroma.jobspec import JobSpec
+
+from .features import SiteDataset, extract
+from .plans import TrainingPlan, TrainingPlanError
+from .policy import isolation_rank
+from .site import Site
+from .training import (
+    ExecutorFailure,
+    InProcessExecutor,
+    LocalTask,
+    TrainingExecutor,
+    validate_update,
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    accepted: bool
+    reason: str
+
+
+@dataclass
+class Cohort:
+    """What one job may read at this site in one round."""
+
+    resources: list[dict[str, Any]]
+    permit: int
+    deny: int = 0
+    no_consent: int = 0
+    redacted_resources: int = 0
+    snapshot: str = ""  # hash of the permitted patient set and their consent versions
+
+
+class DataView(Protocol):
+    """Gives a job the resources it may read this round (the protection layer implements it)."""
+
+    def cohort(self, job: JobSpec, server_round: int) -> Cohort: ...
+
+
+class AdmissionPolicy(Protocol):
+    def admit(self, job: JobSpec) -> Admission: ...
+
+
+class UnfilteredView:
+    """Every Patient and Observation of the store, with no consent filtering. Only for data
+    that needs no consent (public benchmark data such as the UCI files in benchmarks)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+
+    def cohort(self, job: JobSpec, server_round: int) -> Cohort:
+        resources = list(self.site.fhir.iter_resources("Patient")) + list(
+            self.site.fhir.iter_resources("Observation")
+        )
+        patients = sorted(r["id"] for r in resources if r["resourceType"] == "Patient")
+        snapshot = hashlib.sha256("\n".join(patients).encode()).hexdigest()
+        return Cohort(resources, permit=len(patients), snapshot=snapshot)
+
+
+class SiteAdmission:
+    """Admission on the site's policy: purpose, requesting organisation, approved plan,
+    sandbox isolation and privacy. Every refusal names the rule it failed."""
+
+    def __init__(self, site: Site, isolation: str) -> None:
+        self.site = site
+        self.isolation = isolation
+
+    def admit(self, job: JobSpec) -> Admission:
+        policy = self.site.policy
+        if job.purpose not in policy.purposes:
+            return Admission(
+                False,
+                f"purpose {job.purpose} is not admitted at this site (admitted: {', '.join(policy.purposes) or 'none'})",
+            )
+        if job.organization not in policy.organizations:
+            return Admission(False, f"organisation {job.organization} is not admitted at this site")
+        if not self.site.plans.is_approved(job.plan_sha256):
+            return Admission(
+                False,
+                f"training plan {job.plan} (sha256 {job.plan_sha256[:12]}…) is not approved at this site",
+            )
+        if isolation_rank(self.isolation) < isolation_rank(policy.min_isolation):
+            return Admission(
+                False,
+                f"this site requires sandbox isolation {policy.min_isolation}; its sandbox provides {self.isolation}",
+            )
+        if job.round_timeout_s > policy.max_round_seconds:
+            return Admission(
+                False,
+                f"round timeout {job.round_timeout_s:.0f} s exceeds the site's limit of {policy.max_round_seconds:.0f} s",
+            )
+        return Admission(True, "admitted")
+
+
+@dataclass
+class RoundReport:
+    """What the node sends back for one round."""
+
+    site_id: str
+    kind: str
+    metrics: dict[str, float]
+    num_examples: int
+    weights: dict[str, np.ndarray] | None = None
+    cohort: dict[str, int] = field(default_factory=dict)
+    isolation: str = "none"
+    snapshot: str = ""
+    seconds: float = 0.0
+
+
+class RoundFailure(Exception):
+    """This site cannot take part in this round; the reason is sent to the aggregator."""
+
+
+def site_seed(site_id: str) -> int:
+    return zlib.crc32(site_id.encode()) % 10_000
+
+
+class ClinicalNode:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        view: DataView,
+        executor: TrainingExecutor | None = None,
+        admission: AdmissionPolicy | None = None,
+    ) -> None:
+        self.site = site
+        self.view = view
+        self.executor: TrainingExecutor = executor or InProcessExecutor()
+        self.admission: AdmissionPolicy = admission or SiteAdmission(site, self.executor.isolation)
+        self._datasets: dict[tuple[str, str], SiteDataset] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def site_id(self) -> str:
+        return self.site.site_id
+
+    def admit(self, job: JobSpec) -> Admission:
+        return self.admission.admit(job)
+
+    def _plan(self, job: JobSpec) -> TrainingPlan:
+        decision = self.admission.admit(job)
+        if not decision.accepted:
+            raise RoundFailure(f"the job is not admitted at this site: {decision.reason}")
+        try:
+            return self.site.plans.plan(job.plan_sha256)
+        except TrainingPlanError as exc:
+            raise RoundFailure(str(exc)) from exc
+
+    def dataset(self, job: JobSpec, server_round: int) -> tuple[SiteDataset, Cohort]:
+        cohort = self.view.cohort(job, server_round)
+        key = (job.sha256, cohort.snapshot)
+        with self._lock:
+            data = self._datasets.get(key)
+        if data is None:
+            data = extract(job.feature_spec, cohort.resources)
+            with self._lock:
+                self._datasets = {k: v for k, v in self._datasets.items() if k[0] != job.sha256}
+                self._datasets[key] = data
+        return data, cohort
+
+    def _run(
+        self, kind: str, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]
+    ) -> RoundReport:
+        start = time.perf_counter()
+        plan = self._plan(job)
+        data, cohort = self.dataset(job, server_round)
+        x, y = (data.x_train, data.y_train) if kind == "train" else (data.x_test, data.y_test)
+        if len(y) == 0:
+            raise RoundFailure(
+                f"no {'training' if kind == 'train' else 'test'} records are usable for this job"
+            )
+        task = LocalTask(
+            kind=kind,
+            plan=plan,
+            n_features=job.feature_spec.n_features,
+            weights=dict(weights),
+            hyper=job.hyper(server_round, site_seed(self.site_id)),
+            x=x,
+            y=y,
+            timeout_s=job.round_timeout_s,
+        )
+        try:
+            result = self.executor.run(task)
+            validate_update(weights, result, kind=kind)
+        except ExecutorFailure as exc:
+            raise RoundFailure(str(exc)) from exc
+        return RoundReport(
+            site_id=self.site_id,
+            kind=kind,
+            metrics=result.metrics,
+            num_examples=len(y),
+            weights=result.weights,
+            cohort={
+                "permit": cohort.permit,
+                "deny": cohort.deny,
+                "no_consent": cohort.no_consent,
+                "redacted": cohort.redacted_resources,
+                "usable": data.complete,
+                "train": data.n_train,
+                "test": data.n_test,
+            },
+            isolation=result.isolation,
+            snapshot=cohort.snapshot,
+            seconds=time.perf_counter() - start,
+        )
+
+    def train(self, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundReport:
+        return self._run("train", job, server_round, weights)
+
+    def evaluate(self, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundReport:
+        return self._run("evaluate", job, server_round, weights)
+
+
+def summarize(reports: Iterable[RoundReport]) -> dict[str, Any]:
+    return {r.site_id: {"metrics": r.metrics, "n": r.num_examples, "cohort": r.cohort} for r in reports}

@@ -1,0 +1,82 @@
+"""Local training loops shared by the built-in training plans.
+
+FLamby's protocol: a fixed number of local steps (mini-batches), the loader reshuffling at
+each pass over the data, the last partial batch kept. FedProx's proximal term
+(mu/2 * ||w - w_global||^2, Li et al. 2020) is added when ``proximal_mu`` > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _optimizer(model: nn.Module, hyper: Mapping[str, Any]) -> torch.optim.Optimizer:
+    name = str(hyper.get("optimizer", "sgd")).lower()
+    lr = float(hyper.get("lr", 0.01))
+    weight_decay = float(hyper.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=lr,
+            momentum=float(hyper.get("momentum", 0.0)),
+            weight_decay=weight_decay,
+        )
+    raise ValueError(f"optimizer {name!r} is not one of sgd, adam")
+
+
+def train_binary(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    hyper: Mapping[str, Any],
+) -> dict[str, float]:
+    """Train a model whose output is a probability, with binary cross-entropy."""
+    steps = int(hyper.get("local_steps", 100))
+    batch = int(hyper.get("batch_size", 4))
+    mu = float(hyper.get("proximal_mu", 0.0))
+    generator = torch.Generator().manual_seed(int(hyper.get("seed", 0)))
+    optimizer = _optimizer(model, hyper)
+    loss_fn = nn.BCELoss()
+    global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
+    n = len(y)
+    if n == 0:
+        return {"train_loss": 0.0, "local_steps": 0.0}
+    y = y.reshape(-1, 1)
+    model.train()
+    total, done = 0.0, 0
+    order = torch.randperm(n, generator=generator)
+    cursor = 0
+    while done < steps:
+        if cursor >= n:
+            order = torch.randperm(n, generator=generator)
+            cursor = 0
+        idx = order[cursor : cursor + batch]
+        cursor += batch
+        optimizer.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        if mu > 0:
+            prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
+            loss = loss + (mu / 2.0) * prox
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+        done += 1
+    return {"train_loss": total / max(done, 1), "local_steps": float(done)}
+
+
+@torch.no_grad()
+def evaluate_binary(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Loss and accuracy at threshold 0.5 (FLamby's metric)."""
+    if len(y) == 0:
+        return {"loss": 0.0, "accuracy": 0.0}
+    model.eval()
+    prob = model(x).reshape(-1).clamp(1e-7, 1 - 1e-7)
+    loss = nn.functional.binary_cross_entropy(prob, y.reshape(-1))
+    accuracy = ((prob >= 0.5).float() == y.reshape(-1)).float().mean()
+    return {"loss": float(loss), "accuracy": float(accuracy)}

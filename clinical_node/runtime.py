@@ -1,0 +1,37 @@
+"""Wiring of a clinical node from its site folder (used by the ClientApp and the services)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .node import ClinicalNode, UnfilteredView
+from .site import Site
+
+_NODES: dict[str, ClinicalNode] = {}
+_LOCK = threading.Lock()
+
+
+def open_node(site_dir: Path | str) -> ClinicalNode:
+    """The process-wide ClinicalNode of a site folder (opened once per process)."""
+    key = str(Path(site_dir).resolve())
+    with _LOCK:
+        node = _NODES.get(key)
+        if node is None:
+            site = Site.open(Path(key))
+            node = ClinicalNode(site, view=UnfilteredView(site))
+            _NODES[key] = node
+        return node
+
+
+def forget_nodes() -> None:
+    with _LOCK:
+        for node in _NODES.values():
+            node.site.close()
+        _NODES.clear()
+
+
+def site_dirs(root: Path | str) -> list[Path]:
+    """The site folders directly under ``root``, in name order (partition i is the i-th)."""
+    base = Path(root)
+    return sorted(p for p in base.iterdir() if (p / "site.toml").is_file()) if base.is_dir() else []

@@ -1,0 +1,1 @@
+"""Deployment: the local multi-site launcher, container images and the compose simulation."""

@@ -1,0 +1,1 @@
+"""The secure path engine, its GUI, the relays and the federation PKI."""

@@ -1,0 +1,1 @@
+"""Consent and policy enforcement at each site."""
