@@ -12,7 +12,7 @@ import hashlib
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,14 +41,18 @@ class Admission:
 
 @dataclass
 class Cohort:
-    """What one job may read at this site in one round."""
+    """What one job may read at this site in one round.
 
-    resources: list[dict[str, Any]]
+    ``snapshot`` identifies exactly what ``load`` would return (the permitted patients,
+    their consent versions, the redactions and the store's generation), so the node reads
+    and extracts again only when it changed."""
+
+    load: Callable[[], Iterable[dict[str, Any]]]
     permit: int
     deny: int = 0
     no_consent: int = 0
     redacted_resources: int = 0
-    snapshot: str = ""  # hash of the permitted patient set and their consent versions
+    snapshot: str = ""
 
 
 class DataView(Protocol):
@@ -69,12 +73,15 @@ class UnfilteredView:
         self.site = site
 
     def cohort(self, job: JobSpec, server_round: int) -> Cohort:
-        resources = list(self.site.fhir.iter_resources("Patient")) + list(
-            self.site.fhir.iter_resources("Observation")
-        )
-        patients = sorted(r["id"] for r in resources if r["resourceType"] == "Patient")
-        snapshot = hashlib.sha256("\n".join(patients).encode()).hexdigest()
-        return Cohort(resources, permit=len(patients), snapshot=snapshot)
+        store = self.site.fhir
+        patients = store.patients()
+        snapshot = hashlib.sha256(f"unfiltered:{store.generation()}".encode()).hexdigest()
+
+        def load() -> Iterable[dict[str, Any]]:
+            yield from store.iter_resources("Patient")
+            yield from store.iter_resources("Observation")
+
+        return Cohort(load, permit=len(patients), snapshot=snapshot)
 
 
 class SiteAdmission:
@@ -173,7 +180,7 @@ class ClinicalNode:
         with self._lock:
             data = self._datasets.get(key)
         if data is None:
-            data = extract(job.feature_spec, cohort.resources)
+            data = extract(job.feature_spec, cohort.load())
             with self._lock:
                 self._datasets = {k: v for k, v in self._datasets.items() if k[0] != job.sha256}
                 self._datasets[key] = data

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS resource_token (
 );
 CREATE INDEX IF NOT EXISTS token_by_code ON resource_token (param, code, system);
 CREATE INDEX IF NOT EXISTS token_by_resource ON resource_token (rtype, rid);
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_meta VALUES ('generation', 0);
 CREATE TABLE IF NOT EXISTS resource_history (
     rtype TEXT NOT NULL,
     rid TEXT NOT NULL,
@@ -161,6 +166,7 @@ class FhirStore:
             try:
                 for entry in entries:
                     refs.append(self._write_one(cur, entry, stamp))
+                self._bump(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -197,6 +203,17 @@ class FhirStore:
         )
         return StoredRef(rtype, rid, version, row is None)
 
+    @staticmethod
+    def _bump(cur: sqlite3.Cursor) -> None:
+        cur.execute("UPDATE store_meta SET value = value + 1 WHERE key = 'generation'")
+
+    def generation(self) -> int:
+        """A counter that changes with every committed write (any process): a cheap way to
+        know whether what was read from the store is still current."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM store_meta WHERE key = 'generation'").fetchone()
+        return int(row[0])
+
     def erase_patient(self, patient_id: str) -> int:
         """Delete every resource of a patient, with its history; returns how many."""
         with self._lock:
@@ -211,6 +228,7 @@ class FhirStore:
                     cur.execute("DELETE FROM resource_token WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource_history WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource WHERE rtype=? AND rid=?", (rtype, rid))
+                self._bump(cur)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
