@@ -58,6 +58,7 @@ class TrainingSettings:
     optimizer: str = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    lr_decay: float = 1.0  # the learning rate is multiplied by this each round
     hidden: int = 16
 
 
@@ -121,6 +122,8 @@ class JobSpec:
         """Local-training hyper-parameters for one round at one site."""
         out: dict[str, Any] = asdict(self.training)
         out["seed"] = self.seed * 100_003 + server_round * 1_009 + site_seed
+        out["stream_seed"] = self.seed * 100_003 + site_seed
+        out["round"] = server_round
         out["proximal_mu"] = float(self.strategy_params.get("proximal_mu", 0.0))
         return out
 
@@ -275,7 +278,8 @@ def parse_job_spec(data: Any, base: Path | None = None) -> JobSpec:
         batch_size=integer(tr, "batch_size", "training.", 4, 1, 1_000_000),
         optimizer=str(optimizer),
         momentum=number(tr, "momentum", "training.", 0.0, 0.0, 0.999),
-        weight_decay=number(tr, "weight_decay", "training.", 0.0, 0.0, 1.0),
+        weight_decay=number(tr, "weight_decay", "training.", 0.0, 0.0, 100.0),
+        lr_decay=number(tr, "lr_decay", "training.", 1.0, 0.01, 1.0),
         hidden=integer(tr, "hidden", "training.", 16, 1, 4096),
     )
     pv = table("privacy")
