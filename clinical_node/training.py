@@ -141,7 +141,8 @@ def validate_update(
             hi = float(max_local_steps)
         if not lo <= value <= hi or (integral and value != int(value)):
             raise InvalidUpdate(
-                f"metric {name!r} is outside its range [{lo:g}, {hi:g}]" + (" or not whole" if integral else "")
+                f"metric {name!r} is outside its range [{lo:g}, {hi:g}]"
+                + (" or not whole" if integral else "")
             )
     if kind != "train":
         return

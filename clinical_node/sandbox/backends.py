@@ -163,7 +163,9 @@ def _stage_runtime(runtime: Runtime, layout: Layout) -> list[list[str]]:
         if ancestor is None or ancestor == path:
             raise BackendUnavailable(f"the runtime folder {path} is not readable by other users")
         if layout.root.is_relative_to(ancestor):
-            raise BackendUnavailable(f"the sandbox folder {layout.root} lies under {ancestor}, closed to others")
+            raise BackendUnavailable(
+                f"the sandbox folder {layout.root} lies under {ancestor}, closed to others"
+            )
         blocked.setdefault(ancestor, []).append(path)
     commands: list[list[str]] = []
     moves: list[list[str]] = []
@@ -244,7 +246,8 @@ def _bwrap_binds(runtime: Runtime, layout: Layout, private: Sequence[Path]) -> l
     args += ["--ro-bind", str(layout.inputs), str(INSIDE / "in")]
     args += ["--bind", str(layout.outputs), str(INSIDE / "out")]
     args += ["--bind", str(layout.scratch), str(INSIDE / "tmp")]
-    args += ["--bind", str(layout.scratch), "/tmp"]
+    # libraries that ignore TMPDIR write to /tmp: inside, that is the scratch folder too
+    args += ["--bind", str(layout.scratch), "/tmp"]  # noqa: S108
     bound = [*runtime.dirs, *runtime.files]
     for path in private:
         # Only what lies inside a bound folder is visible at all; hide that too.

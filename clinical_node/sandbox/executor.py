@@ -242,7 +242,9 @@ class _Worker:
             if now >= deadline:
                 self.kill()
                 if task_timeout is None:
-                    raise failure("start", why=f"the worker did not start within {self.limits.start_timeout_s:g} s")
+                    raise failure(
+                        "start", why=f"the worker did not start within {self.limits.start_timeout_s:g} s"
+                    )
                 raise failure("deadline", seconds=round(task_timeout, 1))
             if task_timeout is not None and now >= next_scratch_check:
                 next_scratch_check = now + _SCRATCH_EVERY_S
@@ -271,7 +273,9 @@ class _Worker:
         detail = self.log_tail()
         self.kill()
         if task_timeout is None:
-            return failure("start", detail, why=f"the worker exited during start-up (status {code}); {detail[-300:]}")
+            return failure(
+                "start", detail, why=f"the worker exited during start-up (status {code}); {detail[-300:]}"
+            )
         number = -code if code is not None and code < 0 else (code - 128 if code and code > 128 else 0)
         if number == signal.SIGXCPU:
             seconds = self.limits.cpu_seconds_per_task or task_timeout
@@ -568,7 +572,9 @@ class SandboxExecutor:
                 raise failure("start", why=str(exc)) from exc
             except OSError as exc:
                 self._discard(key, worker)
-                raise failure("start", repr(exc), why=f"the node could not prepare the sandbox: {exc}") from exc
+                raise failure(
+                    "start", repr(exc), why=f"the node could not prepare the sandbox: {exc}"
+                ) from exc
             finally:
                 worker.wipe()
 

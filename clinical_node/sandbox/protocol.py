@@ -96,7 +96,7 @@ def write_arrays(path: os.PathLike[str] | str, arrays: Mapping[str, np.ndarray])
     """Write arrays as an uncompressed .npz, atomically (a reader never sees half a file)."""
     tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "wb") as fh:
-        np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        np.savez(fh, allow_pickle=False, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)
 
 

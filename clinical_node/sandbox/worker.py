@@ -144,7 +144,9 @@ class Server:
         # the start-up, rather than in the first round.
         model = torch.nn.Linear(2, 1)
         torch.optim.SGD(model.parameters(), lr=0.1).step()
-        torch.nn.functional.binary_cross_entropy(torch.sigmoid(model(torch.zeros(1, 2))), torch.ones(1, 1)).backward()
+        torch.nn.functional.binary_cross_entropy(
+            torch.sigmoid(model(torch.zeros(1, 2))), torch.ones(1, 1)
+        ).backward()
 
     def answer(self, message: dict[str, Any]) -> None:
         if os.getpid() != self.pid:
@@ -171,7 +173,9 @@ class Server:
         x, y = self.data(request["data"])
         with self.np.load(self.inputs / request["weights"], allow_pickle=False) as npz:
             weights = {k: npz[k] for k in npz.files}
-        plan = self.TrainingPlan(request["plan_name"], self.inputs / request["plan_file"], request["plan_sha256"])
+        plan = self.TrainingPlan(
+            request["plan_name"], self.inputs / request["plan_file"], request["plan_sha256"]
+        )
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = usage.ru_utime + usage.ru_stime
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -195,7 +199,7 @@ class Server:
             output = request["output"]
             target = self.outputs / output
             with open(target, "wb") as fh:
-                self.np.savez(fh, **result.weights)
+                self.np.savez(fh, allow_pickle=False, **result.weights)
         return {"ok": True, "metrics": result.metrics, "output": output, "seconds": seconds}
 
     def serve(self, requests: BinaryIO) -> None:
