@@ -91,12 +91,17 @@ class TrainingPlan:
             tree = ast.parse(source, filename=str(self.path))
         except (SyntaxError, ValueError) as exc:
             raise TrainingPlanError(f"training plan {self.path} is not valid Python: {exc}") from exc
-        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        defined: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.ImportFrom):  # a plan may reuse another plan's functions
+                defined |= {alias.asname or alias.name for alias in node.names}
         missing = [f for f in REQUIRED_FUNCTIONS if f not in defined]
         if missing:
             raise TrainingPlanError(f"training plan {self.path} lacks {', '.join(missing)}")
         declared: tuple[str, ...] = DEFAULT_METRICS
-        for node in tree.body:
+        for node in tree.body:  # type: ignore[assignment]
             targets = node.targets if isinstance(node, ast.Assign) else []
             if any(isinstance(t, ast.Name) and t.id == "METRICS" for t in targets):
                 assert isinstance(node, ast.Assign)

@@ -153,7 +153,7 @@ def _blocking_ancestor(path: Path) -> Path | None:
 def _stage_runtime(runtime: Runtime, layout: Layout) -> list[list[str]]:
     """Commands (run as root in a private mount namespace) that make the runtime reachable
     by the sandbox uid where a folder on its path is closed to others."""
-    mount, mkdir = _tool("mount", "mount"), _tool("mkdir", "coreutils")
+    mount, mkdir, touch = _tool("mount", "mount"), _tool("mkdir", "coreutils"), _tool("touch", "coreutils")
     paths = [p for p in (*runtime.dirs, *runtime.files) if not _reachable_by_others(p)]
     if not paths:
         return []
@@ -172,11 +172,11 @@ def _stage_runtime(runtime: Runtime, layout: Layout) -> list[list[str]]:
     for ancestor, inside in blocked.items():
         for path in inside:
             stage = layout.stage / str(len(commands))
-            commands.append([mkdir, "-p", str(stage)] if path.is_dir() else ["touch", str(stage)])
+            commands.append([mkdir, "-p", str(stage)] if path.is_dir() else [touch, str(stage)])
             commands.append([mount, "--bind", str(path), str(stage)])
             moves.append([mkdir, "-p", str(path)] if path.is_dir() else [mkdir, "-p", str(path.parent)])
             if not path.is_dir():
-                moves.append(["touch", str(path)])
+                moves.append([touch, str(path)])
             moves.append([mount, "--move", str(stage), str(path)])
             moves.append([mount, "-o", "remount,bind,ro", str(path)])
         commands.append([mount, "-t", "tmpfs", "-o", "mode=0755,size=1m", "paroma-runtime", str(ancestor)])
@@ -184,10 +184,15 @@ def _stage_runtime(runtime: Runtime, layout: Layout) -> list[list[str]]:
 
 
 def _hide(paths: Iterable[Path]) -> list[list[str]]:
-    """Commands laying an empty, unreadable mount over each private path."""
+    """Commands laying an empty, unreadable mount over each private path that a uid other
+    than its owner's could read (the others are already closed to the sandbox uid)."""
     mount = _tool("mount", "mount")
     commands = []
     for path in paths:
+        if not _reachable_by_others(path.parent) or not path.exists():
+            continue
+        if not path.stat().st_mode & (0o005 if path.is_dir() else 0o004):
+            continue
         if path.is_dir():
             commands.append([mount, "-t", "tmpfs", "-o", "mode=0000,size=4k", "paroma-private", str(path)])
         elif path.exists():
@@ -242,7 +247,10 @@ def _bwrap_binds(runtime: Runtime, layout: Layout, private: Sequence[Path]) -> l
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     for path in (*runtime.dirs, *runtime.files):
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc"]
+    # Four device nodes, no writable /dev (a tmpfs there would be storage outside every quota).
+    for device in ("null", "zero", "random", "urandom"):
+        args += ["--dev-bind", f"/dev/{device}", f"/dev/{device}"]
     args += ["--ro-bind", str(layout.inputs), str(INSIDE / "in")]
     args += ["--bind", str(layout.outputs), str(INSIDE / "out")]
     args += ["--bind", str(layout.scratch), str(INSIDE / "tmp")]
@@ -253,7 +261,8 @@ def _bwrap_binds(runtime: Runtime, layout: Layout, private: Sequence[Path]) -> l
         # Only what lies inside a bound folder is visible at all; hide that too.
         if any(path.is_relative_to(b) for b in bound):
             args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
-    return args
+    # The root itself is a tmpfs in RAM: read-only, so only out/ and tmp/ can be written.
+    return [*args, "--remount-ro", "/"]
 
 
 def launch(
@@ -314,6 +323,10 @@ def launch(
             return Launch(worker, env, config)
         assert uid is not None
         prepare = _stage_runtime(runtime, layout) + _hide(private)
+        if not prepare:
+            # nothing to hide or reach: no namespace at all (works without CAP_SYS_ADMIN,
+            # as in a default container)
+            return Launch([*_drop_to(uid, bounding=True), *worker], env, config)
         argv = [unshare, "--mount", "--propagation", "private", "--"]
         argv += _as_root_script(prepare, [*_drop_to(uid, bounding=True), *worker])
         return Launch(argv, env, config)
