@@ -87,6 +87,9 @@ def with_server_dp(strategy: Strategy, privacy: PrivacySettings, n_sites: int) -
             privacy.noise_multiplier,
             n_sites,
             initial_clipping_norm=privacy.clip_norm if privacy.clip_norm > 0 else 0.1,
+            # Flower's default (sites/20) is too little noise on the clipped count for a
+            # handful of sites; it must exceed half the noise multiplier (Andrew et al. 2021).
+            clipped_count_stddev=max(n_sites / 20, privacy.noise_multiplier),
         )
     return strategy
 
