@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -177,3 +178,17 @@ def test_plan_approval_reads_the_plan_without_running_it(site: Site, tmp_path: P
     (tmp_path / "half.py").write_text("def train(m, x, y, h):\n    return {}\n")
     with pytest.raises(TrainingPlanError, match="lacks build_model, evaluate"):
         site.plans.approve(TrainingPlan.from_file(tmp_path / "half.py"))
+
+
+def test_folders_of_a_dead_node_are_swept(tmp_path: Path) -> None:
+    from clinical_node.sandbox.executor import sweep_stale_folders
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"paroma-sandbox-{dead.pid}-abc"
+    (stale / "in").mkdir(parents=True)
+    (stale / "in" / "data-1.npz").write_bytes(b"patient tensors")
+    alive = tmp_path / f"paroma-sandbox-{os.getpid()}-def"
+    alive.mkdir()
+    assert sweep_stale_folders(tmp_path) == 1
+    assert not stale.exists() and alive.exists()

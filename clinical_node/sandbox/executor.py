@@ -54,6 +54,7 @@ from .protocol import (
 log = logging.getLogger("paroma.sandbox")
 
 UNAVAILABLE = "unavailable"
+_PREFIX = "paroma-sandbox-"
 _POLL_S = 0.1
 _SCRATCH_EVERY_S = 0.2
 _UIDS = UidPool()
@@ -143,6 +144,24 @@ def _empty(folder: Path) -> None:
                     os.unlink(entry.path)
 
 
+def sweep_stale_folders(base: Path | None = None) -> int:
+    """Delete the folders of workers whose node process is gone (killed before it could
+    wipe them: their inputs are patient tensors). Returns how many were deleted."""
+    removed = 0
+    for entry in Path(base or tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        pid = entry.name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        except PermissionError:
+            continue
+    return removed
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -175,7 +194,7 @@ class _Worker:
         self.runtime = runtime
         self.private = list(private)
         self.uid = _UIDS.take() if backends.is_root() else None
-        self.layout = Layout(Path(tempfile.mkdtemp(prefix="paroma-sandbox-", dir=base)))
+        self.layout = Layout(Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base)))
         self.process: subprocess.Popen[bytes] | None = None
         self.baseline: set[int] = set()
         self.last_used = time.monotonic()
@@ -457,6 +476,7 @@ class SandboxExecutor:
         self._workers: OrderedDict[str, _Worker] = OrderedDict()
         self._lock = threading.Lock()
         self.last_failure: SandboxFailure | None = None
+        sweep_stale_folders(workdir)
         atexit.register(self.close)
 
     # -- probing --------------------------------------------------------------------------
