@@ -36,6 +36,8 @@ class SiteResult:
     n_test: int = 0
     cohort: dict[str, int] = field(default_factory=dict)
     isolation: str = ""
+    # the site-enforced DP of its update (clip-norm, noise-multiplier, delta, epsilon, releases)
+    privacy: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
 
@@ -230,7 +232,7 @@ def run_federation(
             None,
             f"{len(admitted)} of {len(admissions)} sites admitted the job, {job.min_sites} needed ({reasons})",
         )
-    strategy = build_strategy(job.strategy, job.strategy_params, len(admitted))
+    strategy = build_strategy(job.strategy, job.strategy_params, len(admitted), privacy=job.privacy)
     view = _ParticipantGrid(grid, admitted)
     arrays = to_record(weights if weights is not None else initial_weights(job))
     rounds: list[RoundResult] = []
@@ -265,6 +267,9 @@ def run_federation(
                     k[len("cohort-") :]: int(v)
                     for k, v in numbers_of(record).items()
                     if k.startswith("cohort-")
+                }
+                entry.privacy = {
+                    k[len("dp-") :]: v for k, v in numbers_of(record).items() if k.startswith("dp-")
                 }
         if len(ok) < job.min_sites:
             failures = "; ".join(f"{s.site_id}: {s.error}" for s in results.values() if s.error)

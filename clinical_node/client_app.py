@@ -54,6 +54,8 @@ def _site_record(report: RoundReport) -> ConfigRecord:
     )
     for key, value in report.cohort.items():
         record[f"cohort-{key}"] = int(value)
+    for key, number in report.privacy.items():
+        record[f"dp-{key.replace('_', '-')}"] = float(number)
     return record
 
 

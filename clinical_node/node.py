@@ -9,11 +9,13 @@ back only that. The Flower ClientApp (``client_app.py``) is a thin adapter over 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,14 +25,16 @@ from paroma.jobspec import JobSpec
 from .features import SiteDataset, extract
 from .plans import TrainingPlan, TrainingPlanError
 from .policy import isolation_rank
+from .privacy import PrivacyLedger, privatize, site_privacy
 from .site import Site
 from .training import (
     ExecutorFailure,
-    InProcessExecutor,
     LocalTask,
     TrainingExecutor,
     validate_update,
 )
+
+log = logging.getLogger("paroma.node")
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,18 @@ class RoundReport:
     isolation: str = "none"
     snapshot: str = ""
     seconds: float = 0.0
+    # Site-enforced DP of this update: clip_norm, noise_multiplier, delta, and the job's
+    # privacy spent so far at this site (epsilon, releases). Empty when none was applied.
+    privacy: dict[str, float] = field(default_factory=dict)
 
 
 class RoundFailure(Exception):
-    """This site cannot take part in this round; the reason is sent to the aggregator."""
+    """This site cannot take part in this round; the reason is sent to the aggregator.
+    ``code`` says what kind of failure (a sandbox reason code, "invalid-update", ...)."""
+
+    def __init__(self, reason: str, code: str = "refused") -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def site_seed(site_id: str) -> int:
@@ -153,9 +165,15 @@ class ClinicalNode:
     ) -> None:
         self.site = site
         self.view = view
-        self.executor: TrainingExecutor = executor or InProcessExecutor()
+        if executor is None:
+            from .sandbox import SandboxExecutor
+
+            executor = SandboxExecutor.strongest(private_paths=[site.root])
+        self.executor: TrainingExecutor = executor
         self.admission: AdmissionPolicy = admission or SiteAdmission(site, self.executor.isolation)
+        self.privacy = PrivacyLedger(site.root / "privacy")
         self._datasets: dict[tuple[str, str], SiteDataset] = {}
+        self._metrics: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -172,7 +190,7 @@ class ClinicalNode:
         try:
             return self.site.plans.plan(job.plan_sha256)
         except TrainingPlanError as exc:
-            raise RoundFailure(str(exc)) from exc
+            raise RoundFailure(str(exc), "plan-invalid") from exc
 
     def dataset(self, job: JobSpec, server_round: int) -> tuple[SiteDataset, Cohort]:
         cohort = self.view.cohort(job, server_round)
@@ -186,38 +204,89 @@ class ClinicalNode:
                 self._datasets[key] = data
         return data, cohort
 
+    def _declared_metrics(self, plan: TrainingPlan) -> tuple[str, ...]:
+        declared = self._metrics.get(plan.sha256)
+        if declared is None:
+            try:
+                declared = plan.check()
+            except TrainingPlanError as exc:
+                raise RoundFailure(str(exc), "plan-invalid") from exc
+            self._metrics[plan.sha256] = declared
+        return declared
+
+    def _time_left(self, job: JobSpec, started: float) -> float:
+        """The sandbox's wall-clock deadline for this round: the job's round timeout, the
+        site's longest round and the job's end, whichever comes first, less what the round
+        has already spent (the answer must reach the aggregator in time)."""
+        limit = min(job.round_timeout_s, self.site.policy.max_round_seconds)
+        if job.deadline:
+            end = datetime.fromisoformat(job.deadline)
+            end = end if end.tzinfo else end.replace(tzinfo=UTC)
+            limit = min(limit, (end - datetime.now(UTC)).total_seconds())
+        left = limit - (time.perf_counter() - started)
+        if left <= 0:
+            raise RoundFailure("the job's deadline has passed", "deadline")
+        return left
+
     def _run(
         self, kind: str, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]
     ) -> RoundReport:
         start = time.perf_counter()
         plan = self._plan(job)
+        declared = self._declared_metrics(plan)
         data, cohort = self.dataset(job, server_round)
         x, y = (data.x_train, data.y_train) if kind == "train" else (data.x_test, data.y_test)
         if len(y) == 0:
             raise RoundFailure(
                 f"no {'training' if kind == 'train' else 'test'} records are usable for this job"
             )
+        hyper = job.hyper(server_round, site_seed(self.site_id))
         task = LocalTask(
             kind=kind,
             plan=plan,
             n_features=job.feature_spec.n_features,
             weights=dict(weights),
-            hyper=job.hyper(server_round, site_seed(self.site_id)),
+            hyper=hyper,
             x=x,
             y=y,
-            timeout_s=job.round_timeout_s,
+            timeout_s=self._time_left(job, start),
+            job_id=job.sha256,
         )
         try:
             result = self.executor.run(task)
-            validate_update(weights, result, kind=kind)
+            validate_update(
+                weights,
+                result,
+                kind=kind,
+                allowed_metrics=declared,
+                max_local_steps=int(hyper.get("local_steps", 0)) or None,
+            )
         except ExecutorFailure as exc:
-            raise RoundFailure(str(exc)) from exc
+            code = str(getattr(exc, "code", "invalid-update"))
+            log.warning("site %s, job %s, round %d %s: %s", self.site_id, job.name, server_round, kind, exc)
+            raise RoundFailure(str(exc), code) from exc
+        finally:
+            if kind == "evaluate" and server_round >= job.rounds:
+                self.executor.release(job.sha256)
+        released = result.weights
+        privacy: dict[str, float] = {}
+        params = site_privacy(self.site.policy, job)
+        if kind == "train" and params is not None and released is not None:
+            released, _ = privatize(released, weights, params)
+            spent = self.privacy.record(job.sha256, params, server_round)
+            privacy = {
+                "clip_norm": params.clip_norm,
+                "noise_multiplier": params.noise_multiplier,
+                "delta": spent.delta,
+                "epsilon": spent.epsilon,
+                "releases": float(spent.releases),
+            }
         return RoundReport(
             site_id=self.site_id,
             kind=kind,
             metrics=result.metrics,
             num_examples=len(y),
-            weights=result.weights,
+            weights=released,
             cohort={
                 "permit": cohort.permit,
                 "deny": cohort.deny,
@@ -230,6 +299,7 @@ class ClinicalNode:
             isolation=result.isolation,
             snapshot=cohort.snapshot,
             seconds=time.perf_counter() - start,
+            privacy=privacy,
         )
 
     def train(self, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundReport:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from .node import ClinicalNode, UnfilteredView
+from .sandbox import SandboxExecutor
 from .site import Site
 
 _NODES: dict[str, ClinicalNode] = {}
@@ -19,7 +20,10 @@ def open_node(site_dir: Path | str) -> ClinicalNode:
         node = _NODES.get(key)
         if node is None:
             site = Site.open(Path(key))
-            node = ClinicalNode(site, view=UnfilteredView(site))
+            # The strongest sandbox that proves its isolation here; its level is what the
+            # site's admission checks and what every round reports.
+            executor = SandboxExecutor.strongest(private_paths=[site.root])
+            node = ClinicalNode(site, view=UnfilteredView(site), executor=executor)
             _NODES[key] = node
         return node
 
@@ -27,6 +31,9 @@ def open_node(site_dir: Path | str) -> ClinicalNode:
 def forget_nodes() -> None:
     with _LOCK:
         for node in _NODES.values():
+            close = getattr(node.executor, "close", None)
+            if close is not None:
+                close()
             node.site.close()
         _NODES.clear()
 

@@ -96,6 +96,7 @@ class Site:
         if (root / SITE_FILE).exists():
             raise SiteError(f"{root} is already a site folder ({SITE_FILE} exists)")
         root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o700)  # the store, its key and the audit log are the site's alone
         identity = SiteIdentity(site_id, name, organization or f"Organization/{site_id}")
         create_key_file(root / "keys" / "store.key")
         (root / SITE_FILE).write_text(identity.to_toml() + "\n" + (policy or SitePolicy()).to_toml())

@@ -62,16 +62,22 @@ class TrainingSettings:
     hidden: int = 16
 
 
+PRIVACY_MODES = ("site", "server-fixed", "server-adaptive")
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
-    """Site-enforced differential privacy of each update (clipping + Gaussian noise) and
-    secure aggregation. ``clip_norm`` 0 means no clipping is asked by the job (a site's
-    policy may still demand it)."""
+    """Differential privacy of each update and secure aggregation. ``mode`` "site": every
+    site clips its update to ``clip_norm`` and adds Gaussian noise itself; "server-fixed" /
+    "server-adaptive": the aggregator does, with Flower's server-side DP wrappers (fixed
+    clipping norm, or adaptive starting from it). ``clip_norm`` 0 means no clipping is
+    asked by the job (a site's policy may still demand it)."""
 
     clip_norm: float = 0.0
     noise_multiplier: float = 0.0
     delta: float = 1e-5
     secure_aggregation: bool = False
+    mode: str = "site"
 
 
 @dataclass(frozen=True)
@@ -287,12 +293,21 @@ def parse_job_spec(data: Any, base: Path | None = None) -> JobSpec:
     if not isinstance(secure, bool):
         problems.append(("privacy.secure_aggregation", "expected true or false"))
         secure = False
+    mode = pv.get("mode", "site")
+    if mode not in PRIVACY_MODES:
+        problems.append(("privacy.mode", f"{mode!r} is not one of {', '.join(PRIVACY_MODES)}"))
+        mode = "site"
     privacy = PrivacySettings(
         clip_norm=number(pv, "clip_norm", "privacy.", 0.0, 0.0, 1e6),
         noise_multiplier=number(pv, "noise_multiplier", "privacy.", 0.0, 0.0, 1e3),
         delta=number(pv, "delta", "privacy.", 1e-5, 1e-12, 0.1),
         secure_aggregation=secure,
+        mode=str(mode),
     )
+    if mode != "site" and privacy.noise_multiplier <= 0:
+        problems.append(("privacy.noise_multiplier", f"server-side DP ({mode}) needs a noise multiplier > 0"))
+    if mode == "server-fixed" and privacy.clip_norm <= 0:
+        problems.append(("privacy.clip_norm", "server-side DP with fixed clipping needs a clip_norm > 0"))
     dl = table("deadline")
     round_timeout = number(dl, "round_timeout_s", "deadline.", 600.0, 1.0, 7 * 24 * 3600.0)
     deadline_at = dl.get("at")

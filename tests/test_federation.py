@@ -3,14 +3,16 @@ per-site metrics; and a job no site admits fails listing every site's reason."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aggregator.federation import RoundResult
+from clinical_node.site import Site
 from deploy.simulation import run_simulated_job
-from paroma.demo import demo_job
+from paroma.demo import DEMO_POLICY, demo_job
 from paroma.jobspec import parse_job_spec
 
 pytestmark = pytest.mark.slow
@@ -32,6 +34,10 @@ class Recorder:
 
 
 def test_two_site_federation_trains_and_reports_per_site(uci_sites: Path) -> None:
+    # Hungary's policy demands site-side DP: its node clips and noises its own update.
+    hungary = Site.open(uci_sites / "hungarian")
+    hungary.write_policy(replace(DEMO_POLICY, require_dp=True, dp_clip_norm=5.0, dp_noise_multiplier=0.01))
+    hungary.close()
     job = demo_job(rounds=2)
     recorder = Recorder()
     result = run_simulated_job(job, [uci_sites / "cleveland", uci_sites / "hungarian"], observer=recorder)
@@ -45,6 +51,11 @@ def test_two_site_federation_trains_and_reports_per_site(uci_sites: Path) -> Non
     for site in final.sites.values():
         assert site.train["local_steps"] == 100
         assert 0.5 < site.evaluate["accuracy"] <= 1.0
+        assert site.isolation == "bubblewrap"  # trained in the strongest sandbox, as reported
+    assert final.sites["cleveland"].privacy == {}
+    dp = final.sites["hungarian"].privacy
+    assert (dp["clip-norm"], dp["noise-multiplier"], dp["releases"]) == (5.0, 0.01, 2.0)
+    assert dp["epsilon"] > result.rounds[0].sites["hungarian"].privacy["epsilon"] > 0
     assert result.weights is not None
     assert result.weights["linear.weight"].shape == (1, 13)
     assert np.isfinite(result.weights["linear.weight"]).all()

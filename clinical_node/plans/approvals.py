@@ -49,8 +49,9 @@ class PlanApprovals:
         os.replace(tmp, self.index)
 
     def approve(self, plan: TrainingPlan, by: str = "site-admin") -> Approval:
-        """Approve a plan file; its code must load and define the plan functions."""
-        plan.load()
+        """Approve a plan file; it must parse, define the plan functions and declare only
+        known metrics. It is read, not run: its code only ever runs in the sandbox."""
+        plan.check()
         with self._lock:
             approvals = self._load()
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from clinical_node.plans.local_training import evaluate_binary, train_binary
 
 PLAN_NAME = "logistic-regression"
 PLAN_API = 1
+METRICS = ("train_loss", "local_steps", "loss", "accuracy")
 
 
 class LogisticRegression(nn.Module):

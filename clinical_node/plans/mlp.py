@@ -13,6 +13,7 @@ from clinical_node.plans.local_training import evaluate_binary, train_binary
 
 PLAN_NAME = "mlp"
 PLAN_API = 1
+METRICS = ("train_loss", "local_steps", "loss", "accuracy")
 
 
 class MLP(nn.Module):
