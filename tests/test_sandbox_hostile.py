@@ -135,7 +135,7 @@ CASES = [
     ("fork_bomb", "processes", "32 processes", 20.0, "train"),
     ("memory_bomb", "memory", "memory limit of 3072 MiB", 20.0, "train"),
     ("infinite_loop", "cpu", "CPU-time limit of 2 s", 20.0, "train"),
-    ("sleep_past_deadline", "deadline", "2 s deadline", 2.0, "train"),
+    ("sleep_past_deadline", "deadline", "s deadline; the sandbox was killed", 2.0, "train"),
     ("big_output", "file-size", "16 MiB", 20.0, "train"),
     ("many_files", "scratch", "scratch quota of 64 MiB", 20.0, "train"),
     ("nan_update", "invalid-update", "NaN", 20.0, "train"),
