@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,8 @@ def results_table(result: FederationResult) -> Table:
 def run_demo(out: Path, *, rounds: int = 15, console: Console | None = None) -> DemoResult:
     from deploy.simulation import run_simulated_job
 
-    console = console or Console()
+    # A wide console even when the output is not a terminal, so the table keeps its columns.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=130))
     start = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
