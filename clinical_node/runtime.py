@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from .node import ClinicalNode, UnfilteredView
+from .node import ClinicalNode
 from .site import Site
+from .training import InProcessExecutor
 
 _NODES: dict[str, ClinicalNode] = {}
 _LOCK = threading.Lock()
@@ -18,8 +19,16 @@ def open_node(site_dir: Path | str) -> ClinicalNode:
     with _LOCK:
         node = _NODES.get(key)
         if node is None:
+            # The protection layer imports the node's types, so it is imported here.
+            from protection_layer import ProtectionLayer
+
             site = Site.open(Path(key))
-            node = ClinicalNode(site, view=UnfilteredView(site))
+            executor = InProcessExecutor()
+            layer = ProtectionLayer(site, isolation=executor.isolation)
+            node = ClinicalNode(
+                site, view=layer.view, executor=executor, admission=layer.admission, events=layer
+            )
+            node.protection = layer
             _NODES[key] = node
         return node
 
@@ -27,6 +36,8 @@ def open_node(site_dir: Path | str) -> ClinicalNode:
 def forget_nodes() -> None:
     with _LOCK:
         for node in _NODES.values():
+            if node.protection is not None:
+                node.protection.close()
             node.site.close()
         _NODES.clear()
 

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS resource_token (
 );
 CREATE INDEX IF NOT EXISTS token_by_code ON resource_token (param, code, system);
 CREATE INDEX IF NOT EXISTS token_by_resource ON resource_token (rtype, rid);
+CREATE TABLE IF NOT EXISTS store_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_state VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS resource_history (
     rtype TEXT NOT NULL,
     rid TEXT NOT NULL,
@@ -58,6 +63,7 @@ CREATE TABLE IF NOT EXISTS resource_history (
 """
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+_CHUNK = 500  # bound parameters per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class FhirStore:
             try:
                 for entry in entries:
                     refs.append(self._write_one(cur, entry, stamp))
+                cur.execute("UPDATE store_state SET generation = generation + 1")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -211,6 +218,7 @@ class FhirStore:
                     cur.execute("DELETE FROM resource_token WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource_history WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource WHERE rtype=? AND rid=?", (rtype, rid))
+                cur.execute("UPDATE store_state SET generation = generation + 1")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -342,18 +350,55 @@ class FhirStore:
         for t, i, v, b in rows:
             yield self._open(t, i, int(v), b)
 
-    def index_rows(self, rtype: str | None = None) -> list[IndexedResource]:
-        """The index of every resource (no body is decrypted): what consent redaction needs."""
+    def generation(self) -> int:
+        """A number that changes with every committed write (by any process): readers that
+        cache what they derived from the store compare it to know when to refresh."""
+        with self._lock:
+            row = self._db.execute("SELECT generation FROM store_state WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def keys_of(self, rtype: str, codes: Sequence[TokenQuery] | None = None) -> list[tuple[str, str | None]]:
+        """(id, patient) of every resource of a type, optionally only those with one of
+        the codes; from the index, nothing decrypted."""
+        where, params = self._where(rtype, codes=codes)
         with self._lock:
             rows = self._db.execute(
-                "SELECT rtype, rid, patient, date_start, date_end FROM resource"
-                + (" WHERE rtype = ?" if rtype else ""),
-                (rtype,) if rtype else (),
+                f"SELECT r.rid, r.patient FROM resource r WHERE {where}", params
+            ).fetchall()
+        return [(str(i), p) for i, p in rows]
+
+    def index_rows(
+        self, rtype: str | None = None, *, patients: Sequence[str] | None = None
+    ) -> list[IndexedResource]:
+        """The index of every resource (no body is decrypted): what consent redaction needs.
+        With ``patients``, only the resources of those patients (their Patient included)."""
+        if patients is not None:
+            out: list[IndexedResource] = []
+            plist = list(patients)
+            for i in range(0, len(plist), _CHUNK):
+                out += self._index_rows(rtype, plist[i : i + _CHUNK])
+            return out
+        return self._index_rows(rtype, None)
+
+    def _index_rows(self, rtype: str | None, patients: Sequence[str] | None) -> list[IndexedResource]:
+        clauses, params = [], []
+        if rtype:
+            clauses.append("r.rtype = ?")
+            params.append(rtype)
+        if patients is not None:
+            marks = ",".join("?" * len(patients))
+            clauses.append(f"(r.patient IN ({marks}) OR (r.rtype = 'Patient' AND r.rid IN ({marks})))")
+            params += [*patients, *patients]
+        where = " AND ".join(clauses) or "1"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT r.rtype, r.rid, r.patient, r.date_start, r.date_end FROM resource r WHERE {where}",
+                params,
             ).fetchall()
             tokens = self._db.execute(
-                "SELECT rtype, rid, param, system, code FROM resource_token"
-                + (" WHERE rtype = ?" if rtype else ""),
-                (rtype,) if rtype else (),
+                "SELECT t.rtype, t.rid, t.param, t.system, t.code FROM resource_token t "
+                f"JOIN resource r ON r.rtype = t.rtype AND r.rid = t.rid WHERE {where}",
+                params,
             ).fetchall()
         by_res: dict[tuple[str, str], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
         for t, i, param, system, code in tokens:
@@ -364,6 +409,25 @@ class FhirStore:
             codes, labels = by_res.get((t, i), ([], []))
             out.append(IndexedResource(t, i, patient, start, end, tuple(codes), tuple(labels)))
         return out
+
+    def read_many(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The given resources, decrypted, in the order given (missing ones are skipped)."""
+        wanted = list(keys)
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in wanted:
+            by_type.setdefault(rtype, []).append(rid)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for rtype, ids in by_type.items():
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                with self._lock:
+                    rows = self._db.execute(
+                        f"SELECT rid, version, body FROM resource WHERE rtype = ? AND rid IN ({','.join('?' * len(chunk))})",
+                        [rtype, *chunk],
+                    ).fetchall()
+                for rid, version, body in rows:
+                    found[(rtype, rid)] = self._open(rtype, rid, int(version), body)
+        return [found[k] for k in wanted if k in found]
 
     def patients(self) -> list[str]:
         with self._lock:
