@@ -14,6 +14,7 @@ result); callers treat that as "no" (fail closed).
 from __future__ import annotations
 
 import contextlib
+import atexit
 import hashlib
 import json
 import queue
@@ -27,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
+from weakref import WeakSet
 
 DEFAULT_TIMEOUT_S = 10.0
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.rego$")
@@ -112,6 +114,15 @@ def _check_rule(rule: str) -> None:
         raise PolicyError(f"{rule!r} is not a rule path such as paroma.consent.decisions")
 
 
+_LIVE_ENGINES: WeakSet[RegorusEngine] = WeakSet()
+
+
+@atexit.register
+def _close_live_engines() -> None:
+    for engine in list(_LIVE_ENGINES):
+        engine.close()
+
+
 class RegorusEngine:
     """The embedded regorus interpreter.
 
@@ -128,9 +139,11 @@ class RegorusEngine:
         self._engine: Any = None
         self._version = ""
         self._policies: PolicySet | None = None
+        self._data: dict[str, Any] = {}
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve, name="regorus-engine", daemon=True)
         self._worker.start()
+        _LIVE_ENGINES.add(self)
         self.load(policies or PolicySet.builtin())
 
     def _serve(self) -> None:
@@ -144,8 +157,12 @@ class RegorusEngine:
             try:
                 future.set_result(fn())
             # pyo3 reports a Rust panic as a BaseException; it must not kill the worker.
-            except BaseException as exc:
-                future.set_exception(exc if isinstance(exc, PolicyError) else PolicyError(_clean(str(exc))))
+            except BaseException as exc:  # noqa: BLE001
+                error = exc if isinstance(exc, PolicyError) else PolicyError(_clean(str(exc)))
+                # The traceback's frames may hold a regorus engine, which must not be
+                # released by the thread that receives the error.
+                error.__traceback__ = error.__context__ = error.__cause__ = None
+                future.set_exception(error)
 
     def _call(self, fn: Callable[[], T], timeout: float | None) -> T:
         if not self._worker.is_alive():
@@ -171,11 +188,18 @@ class RegorusEngine:
             import regorus
 
             engine = regorus.Engine()
+            if self._data:
+                engine.add_data(self._data)
+            error = ""
             for name in sorted(policies.modules):
                 try:
                     engine.add_policy(name, policies.modules[name])
                 except Exception as exc:
-                    raise PolicyCompileError(f"{name}: {_clean(str(exc))}") from None
+                    error = f"{name}: {_clean(str(exc))}"
+                    break
+            if error:
+                del engine
+                raise PolicyCompileError(error)
             self._engine = engine
             self._version = policies.version
             self._policies = policies
@@ -201,6 +225,32 @@ class RegorusEngine:
             raise PolicyUndefined(f"data.{rule} is undefined for this input")
         return value
 
+    def set_data(self, document: dict[str, Any]) -> None:
+        """Replace the base data document (OPA's ``data`` outside the policies)."""
+
+        def run() -> None:
+            if self._engine is not None:
+                self._engine.clear_data()
+                if document:
+                    self._engine.add_data(document)
+            self._data = document
+
+        self._call(run, None)
+
+    def value(self, ref: str, input_doc: Any = None) -> Any:
+        """The value of a reference such as ``data.a["b"]``; PolicyUndefined when it has none."""
+
+        def run() -> Any:
+            engine = self._engine
+            engine.set_input(input_doc if input_doc is not None else {})
+            return engine.eval_query(ref)
+
+        out = self._call(run, self.timeout_s)
+        results = out.get("result") or []
+        if not results:
+            raise PolicyUndefined(f"{ref} is undefined")
+        return results[0]["expressions"][0]["value"]
+
     def query(self, query: str, input_doc: Any) -> list[dict[str, Any]]:
         """An ad-hoc query: the bindings of each result (OPA's Query API)."""
 
@@ -214,6 +264,12 @@ class RegorusEngine:
 
     def close(self) -> None:
         if self._worker.is_alive():
+
+            def release() -> None:
+                # A regorus engine must also be dropped by the thread that made it.
+                self._engine = None
+
+            self._call(release, None)
             self._tasks.put(None)
             self._worker.join(timeout=5)
 

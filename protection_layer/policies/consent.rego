@@ -171,6 +171,8 @@ whole_job_denies(c) := [n | some n in active_nested(c, "deny"); not has_data_cri
 
 data_denies(c) := [scope(n) | some n in active_nested(c, "deny"); has_data_criteria(n)]
 
+permit_scopes(c) := [scope(n) | some n in active_nested(c, "permit")]
+
 # Root permit: a matching nested deny without data criteria refuses the whole job; one
 # with data criteria (class, code, securityLabel, dataPeriod) redacts what it covers.
 decide(c) := {
@@ -208,7 +210,7 @@ decide(c) := {
 	"decision": "PERMIT",
 	"consent": c.id,
 	"reason": "a permit provision of the consent makes an exception for this purpose and organisation",
-	"within": [scope(n) | some n in active_nested(c, "permit")],
+	"within": permit_scopes(c),
 	"exclude": [],
 } if {
 	root_type(c) == "deny"
