@@ -13,8 +13,8 @@ result); callers treat that as "no" (fail closed).
 
 from __future__ import annotations
 
-import contextlib
 import atexit
+import contextlib
 import hashlib
 import json
 import queue
@@ -157,7 +157,7 @@ class RegorusEngine:
             try:
                 future.set_result(fn())
             # pyo3 reports a Rust panic as a BaseException; it must not kill the worker.
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 error = exc if isinstance(exc, PolicyError) else PolicyError(_clean(str(exc)))
                 # The traceback's frames may hold a regorus engine, which must not be
                 # released by the thread that receives the error.
