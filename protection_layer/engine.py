@@ -189,7 +189,7 @@ class RegorusEngine:
 
             engine = regorus.Engine()
             if self._data:
-                engine.add_data(self._data)
+                engine.add_data_json(json.dumps(self._data))
             error = ""
             for name in sorted(policies.modules):
                 try:
@@ -208,10 +208,12 @@ class RegorusEngine:
 
     def evaluate(self, rule: str, input_doc: Any) -> Any:
         _check_rule(rule)
+        # JSON, not Python objects: regorus' set_input turns Python booleans into numbers.
+        payload = json.dumps(input_doc)
 
         def run() -> Any:
             engine = self._engine
-            engine.set_input(input_doc)
+            engine.set_input_json(payload)
             return engine.eval_rule(f"data.{rule}")
 
         start = time.perf_counter()
@@ -232,7 +234,7 @@ class RegorusEngine:
             if self._engine is not None:
                 self._engine.clear_data()
                 if document:
-                    self._engine.add_data(document)
+                    self._engine.add_data_json(json.dumps(document))
             self._data = document
 
         self._call(run, None)
@@ -240,9 +242,11 @@ class RegorusEngine:
     def value(self, ref: str, input_doc: Any = None) -> Any:
         """The value of a reference such as ``data.a["b"]``; PolicyUndefined when it has none."""
 
+        payload = json.dumps(input_doc if input_doc is not None else {})
+
         def run() -> Any:
             engine = self._engine
-            engine.set_input(input_doc if input_doc is not None else {})
+            engine.set_input_json(payload)
             return engine.eval_query(ref)
 
         out = self._call(run, self.timeout_s)
@@ -254,9 +258,11 @@ class RegorusEngine:
     def query(self, query: str, input_doc: Any) -> list[dict[str, Any]]:
         """An ad-hoc query: the bindings of each result (OPA's Query API)."""
 
+        payload = json.dumps(input_doc if input_doc is not None else {})
+
         def run() -> Any:
             engine = self._engine
-            engine.set_input(input_doc if input_doc is not None else {})
+            engine.set_input_json(payload)
             return engine.eval_query(query)
 
         out = self._call(run, self.timeout_s)

@@ -10,9 +10,6 @@
 #
 # decision = {"accepted": bool, "reasons": [text]}: every refusal reason, in words the
 # data scientist can act on (brief: refusals with no reason are a pain point).
-#
-# Booleans are compared explicitly (`== true`): regorus 0.9 lets a bare `false`
-# expression pass a rule body, where OPA fails it; the comparison means the same in both.
 package paroma.admission
 
 import rego.v1
