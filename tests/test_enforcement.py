@@ -330,7 +330,7 @@ def test_a_policy_that_cannot_decide_releases_no_data(
 
 def test_a_decision_over_the_timeout_releases_no_data(make_node: Callable[..., Node], job: JobSpec) -> None:
     node, layer, executor = make_node(RegorusEngine(timeout_s=1e-9))
-    with pytest.raises(ConsentUnavailable, match="no decision within|over the limit"):
+    with pytest.raises(ConsentUnavailable, match=r"no decision within|over the limit"):
         layer.view.cohort(job, 1)
     with pytest.raises(RoundFailure):
         node.train(job, 1, initial_weights(job))
