@@ -135,7 +135,10 @@ class AuditLog:
 
     @property
     def public_key(self) -> Ed25519PublicKey:
-        return self.key.public_key()
+        """From the site's private key (a public key stored beside the log could be
+        swapped with the log); never creates one."""
+        key = self._key or load_signing_key(self.key_path, create=False)
+        return key.public_key()
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
