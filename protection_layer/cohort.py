@@ -23,7 +23,7 @@ from paroma.jobspec import JobSpec
 
 from .consent import Terms, time_boundaries
 from .consent_store import ConsentStore
-from .decisions import ConsentDecision, JobContext, PatientDecision, decide, redact
+from .decisions import ConsentDecision, JobContext, PatientDecision, ShapeIndex, decide, redact
 from .engine import PolicyEngine
 
 Key = tuple[str, str]  # (resource type, id)
@@ -143,6 +143,7 @@ class CohortDecider:
         self._population: list[str] = []
         self._rows: dict[DataRequest, dict[str, list[Key]]] = {}
         self._jobs: dict[tuple[str, DataRequest], _JobCache] = {}
+        self._shapes = ShapeIndex()
 
     # -- keeping up with the stores --------------------------------------------------------
 
@@ -252,7 +253,12 @@ class CohortDecider:
         entries: dict[str, _Entry],
     ) -> None:
         decisions = decide(
-            engine, context, {p: self._terms.get(p, []) for p in patients}, now, by_shape=self.by_shape
+            engine,
+            context,
+            {p: self._terms.get(p, []) for p in patients},
+            now,
+            by_shape=self.by_shape,
+            shapes=self._shapes,
         )
         rows = self._rows_of(request)
         restricted = [

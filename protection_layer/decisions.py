@@ -19,6 +19,7 @@ pair is decided once.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -161,25 +162,84 @@ def _parse_scope(value: Any) -> dict[str, Any]:
         raise PolicyError(f"the consent policy returned a malformed data scope: {value!r}") from exc
 
 
-def _parse_decision(value: Any, ids: Sequence[tuple[str, int]]) -> PatientDecision:
+@dataclass(frozen=True)
+class _Verdict:
+    """The policy's answer for one batch entry, before it is mapped back to patients."""
+
+    decision: ConsentDecision
+    reason: str
+    ordinal: int | None = None
+    obligations: Obligations | None = None
+
+
+def _parse_verdict(value: Any, consents: int) -> _Verdict:
     if not isinstance(value, Mapping) or value.get("decision") not in ConsentDecision.__members__:
         raise PolicyError(f"the consent policy returned a malformed decision: {value!r}")
     decision = ConsentDecision(value["decision"])
     reason = str(value.get("reason", ""))
     if decision is ConsentDecision.NO_CONSENT:
-        return PatientDecision(decision, reason)
-    consent = value.get("consent")
-    try:
-        consent_id, version = ids[int(str(consent)[1:])]
-    except (ValueError, IndexError):
-        raise PolicyError(f"the consent policy named an unknown consent {consent!r}") from None
+        return _Verdict(decision, reason)
+    consent = str(value.get("consent"))
+    ordinal = int(consent[1:]) if consent[:1] == "c" and consent[1:].isdigit() else -1
+    if not 0 <= ordinal < consents:
+        raise PolicyError(f"the consent policy named an unknown consent {value.get('consent')!r}")
     if decision is ConsentDecision.DENY:
-        return PatientDecision(decision, reason, consent_id, version)
+        return _Verdict(decision, reason, ordinal)
     within, exclude = value.get("within"), value.get("exclude")
     if not isinstance(within, list) or not isinstance(exclude, list):
         raise PolicyError(f"the consent policy returned a PERMIT without its data scopes: {value!r}")
     obligations = Obligations.of([_parse_scope(s) for s in within], [_parse_scope(s) for s in exclude])
-    return PatientDecision(decision, reason, consent_id, version, obligations)
+    return _Verdict(decision, reason, ordinal, obligations)
+
+
+class ShapeIndex:
+    """Fast shape keys. Each consent version's terms are reduced once to a *template*
+    (everything but its id, version and the dates compared with ``now``) and the list of
+    those dates; a patient's shape key is then their templates with each date replaced by
+    its rank below or above ``now``: exactly what :func:`canonical_shape` keeps.
+    Templates are cached by (id, version) and used only for the very terms they were
+    made from (the same object, or equal terms), whoever calls with whatever ids."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, int], tuple[int, tuple[str, ...], Terms]] = {}
+        self._ids: dict[str, int] = {}
+
+    def _template(self, consent: Terms) -> tuple[int, tuple[str, ...]]:
+        key = (consent["id"], int(consent["version"]))
+        found = self._templates.get(key)
+        if found is None or not (found[2] is consent or found[2] == consent):
+            root = consent["root"]
+            blank = {
+                "status": consent["status"],
+                "scope": consent["scope"],
+                "rule": consent["rule"],
+                "root": {
+                    **root,
+                    "start": "",
+                    "end": "",
+                    "provisions": [{**n, "start": "", "end": ""} for n in root["provisions"]],
+                },
+            }
+            signature = canonical_json(blank)
+            template = self._ids.setdefault(signature, len(self._ids))
+            found = self._templates[key] = (template, tuple(_dated(consent)), consent)
+        return found[0], found[1]
+
+    def key(self, ordered: Sequence[Terms], now: str) -> tuple[Any, ...]:
+        parts = [self._template(c) for c in ordered]
+        values = sorted({v for _, dates in parts for v in dates if v and v != now})
+        below = bisect.bisect_left(values, now)
+        rank = {v: i for i, v in enumerate(values)}
+
+        def token(v: str) -> Any:
+            if not v:
+                return ""
+            if v == now:
+                return 2
+            i = rank[v]
+            return (1, i) if i < below else (3, i - below)
+
+        return tuple((template, tuple(token(v) for v in dates)) for template, dates in parts)
 
 
 def decide(
@@ -189,6 +249,7 @@ def decide(
     now: str,
     *,
     by_shape: bool = True,
+    shapes: ShapeIndex | None = None,
 ) -> dict[str, PatientDecision]:
     """PERMIT / DENY / NO_CONSENT for each patient, from their current consents' terms.
 
@@ -196,25 +257,23 @@ def decide(
     or returns anything but a well-formed decision for every patient (fail closed)."""
     if not consents_by_patient:
         return {}
-    keys: dict[str, str] = {}
+    index = shapes or ShapeIndex()
+    groups: dict[Any, str] = {}
     batch: dict[str, list[Terms]] = {}
-    renames: dict[str, list[tuple[str, int]]] = {}
-    shape_keys: dict[str, str] = {}
+    members: list[tuple[str, str, list[tuple[str, int]]]] = []
     for patient, consents in consents_by_patient.items():
+        ordered = sorted(consents, key=lambda c: c["id"])
+        ids = [(c["id"], int(c["version"])) for c in ordered]
         if by_shape:
-            shaped, ids = canonical_shape(consents, now)
-            signature = canonical_json(shaped)
-            key = shape_keys.get(signature)
+            signature = index.key(ordered, now)
+            key = groups.get(signature)
             if key is None:
-                key = shape_keys[signature] = f"s{len(shape_keys)}"
-                batch[key] = shaped
+                key = groups[signature] = f"s{len(groups)}"
+                batch[key] = canonical_shape(ordered, now)[0]
         else:
-            ordered = sorted(consents, key=lambda c: c["id"])
-            ids = [(c["id"], int(c["version"])) for c in ordered]
-            key = f"p{len(keys)}"
+            key = f"p{len(members)}"
             batch[key] = [{**c, "id": f"c{i:04d}"} for i, c in enumerate(ordered)]
-        keys[patient] = key
-        renames[patient] = ids
+        members.append((patient, key, ids))
     result = engine.evaluate(
         CONSENT_RULE, {"now": SHAPED_NOW if by_shape else now, "job": job.to_input(), "patients": batch}
     )
@@ -225,7 +284,16 @@ def decide(
         raise PolicyError(
             f"the consent policy gave no decision for {len(missing)} of {len(batch)} consent sets"
         )
-    return {patient: _parse_decision(result[key], renames[patient]) for patient, key in keys.items()}
+    verdicts = {key: _parse_verdict(result[key], len(batch[key])) for key in batch}
+    out: dict[str, PatientDecision] = {}
+    for patient, key, ids in members:
+        v = verdicts[key]
+        if v.ordinal is None:
+            out[patient] = PatientDecision(v.decision, v.reason)
+        else:
+            consent_id, version = ids[v.ordinal]
+            out[patient] = PatientDecision(v.decision, v.reason, consent_id, version, v.obligations)
+    return out
 
 
 # -- redaction ------------------------------------------------------------------------------

@@ -529,3 +529,13 @@ def test_redaction_agrees_with_the_oracle(
     assert got.obligations is not None and expected.decision == "PERMIT"
     flags = redact(embedded, [(got.obligations, _indexed(r, i)) for i, r in enumerate(resources)])
     assert flags == [expected.releases(r) for r in resources]
+
+
+def test_patients_whose_consents_share_an_id_are_still_decided_on_their_own_terms(
+    embedded: RegorusEngine,
+) -> None:
+    # Found by the shape property test: shape templates cached by (id, version) must not
+    # be reused for different terms that carry the same id.
+    batch = {"a": terms(permit("c0")), "b": terms(permit("c0", status="inactive"))}
+    got = decide(embedded, JOB, batch, iso(NOW))
+    assert (got["a"].decision, got["b"].decision) == (ConsentDecision.PERMIT, ConsentDecision.NO_CONSENT)
