@@ -441,3 +441,26 @@ def _job_with(job: JobSpec, change: dict[str, Any]) -> JobSpec:
             {**doc[key], **value} if isinstance(value, dict) and isinstance(doc.get(key), dict) else value
         )
     return parse_job_spec(doc)
+
+
+def test_the_site_chooses_its_engine_in_site_toml(site: Site, job: JobSpec) -> None:
+    from protection_layer import PolicyError
+
+    with LiveServer(create_opa_app()) as server:
+        text = (site.root / "site.toml").read_text()
+        (site.root / "site.toml").write_text(
+            text + f'\n[protection]\nengine = "opa"\nopa_url = "{server.url}"\n'
+        )
+        reopened = Site.open(site.root)
+        reopened.write_policy(reopened.policy)  # rewriting the policy keeps [protection]
+        reopened = Site.open(site.root)
+        layer = ProtectionLayer(reopened, clock=Clock())
+        try:
+            assert isinstance(layer.engine, OpaServerEngine) and layer.engine.url == server.url
+            assert layer.decide_cohort(job).counts == {"PERMIT": 299, "DENY": 1, "NO_CONSENT": 3}
+        finally:
+            layer.close()
+            reopened.close()
+    (site.root / "site.toml").write_text(text + '\n[protection]\nengine = "opa"\n')
+    with pytest.raises(PolicyError, match=r"protection\.opa_url"):
+        ProtectionLayer(Site.open(site.root))
