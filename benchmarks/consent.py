@@ -66,13 +66,30 @@ def _rss_mb() -> float:
 def build_site(folder: Path, patients: int, per_patient: int, seed: int) -> Site:
     """A site with ``patients`` Patients and ``per_patient - 1`` Observations each, and one
     research consent (or none) per patient in the default realistic mix."""
-    if (folder / "site.toml").exists() and (folder / ".complete").exists():
-        return Site.open(folder)
-    if folder.exists():
-        shutil.rmtree(folder)
-    rng = random.Random(seed)
-    site = Site.create(folder, "bench", "Benchmark Hospital", policy=DEMO_POLICY)
     ids = [f"p{i:07d}" for i in range(patients)]
+    if (folder / ".fhir-complete").exists():
+        site = Site.open(folder)
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)
+        site = Site.create(folder, "bench", "Benchmark Hospital", policy=DEMO_POLICY)
+        _build_fhir(site, ids, per_patient, random.Random(seed))
+        (folder / ".fhir-complete").write_text("ok")
+    if not (folder / ".consents-complete").exists():
+        (folder / CONSENT_DB).unlink(missing_ok=True)
+        start = time.perf_counter()
+        store = ConsentStore(folder / CONSENT_DB, site.key_path.read_bytes())
+        drawn = generate_consents(ids, ConsentMix(), now=NOW, seed=seed)
+        consents = [g.resource for g in drawn if g.resource]
+        for i in range(0, len(consents), 10_000):
+            store.put_many(consents[i : i + 10_000])
+        store.close()
+        print(f"  stored {len(consents):,} validated consents in {time.perf_counter() - start:.0f} s")
+        (folder / ".consents-complete").write_text("ok")
+    return site
+
+
+def _build_fhir(site: Site, ids: list[str], per_patient: int, rng: random.Random) -> None:
     start = time.perf_counter()
     batch: list[PreparedEntry] = []
 
@@ -116,18 +133,8 @@ def build_site(folder: Path, patients: int, per_patient: int, seed: int) -> Site
             flush()
     flush()
     print(
-        f"  built {patients:,} patients / {patients * per_patient:,} resources in {time.perf_counter() - start:.0f} s"
+        f"  built {len(ids):,} patients / {len(ids) * per_patient:,} resources in {time.perf_counter() - start:.0f} s"
     )
-    start = time.perf_counter()
-    store = ConsentStore(folder / CONSENT_DB, site.key_path.read_bytes())
-    drawn = generate_consents(ids, ConsentMix(), now=NOW, seed=seed)
-    consents = [g.resource for g in drawn if g.resource]
-    for i in range(0, len(consents), 10_000):
-        store.put_many(consents[i : i + 10_000])
-    store.close()
-    print(f"  stored {len(consents):,} validated consents in {time.perf_counter() - start:.0f} s")
-    (folder / ".complete").write_text("ok")
-    return site
 
 
 def churn(store: ConsentStore, patients: list[str], rng: random.Random, now: datetime) -> list[str]:

@@ -14,7 +14,11 @@ as FHIR dates cover their precision); an absent value is ``""``.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clinical_node.fhir.bundle import validate_resource
@@ -185,6 +189,69 @@ def policy_terms(terms: Terms, consent_id: str, version: int) -> Terms:
         "rule": terms["rule"],
         "root": terms["root"],
     }
+
+
+def _date_slots(terms: Terms) -> list[str]:
+    """The dates the consent policy compares with ``now``, in a fixed order: dateTime, the
+    root period's start and end, then each nested provision's period start and end."""
+    root = terms["root"]
+    values = [terms["date"], root["start"], root["end"]]
+    for nested in root.get("provisions", []):
+        values += [nested["start"], nested["end"]]
+    return values
+
+
+@dataclass(frozen=True)
+class ConsentRef:
+    """One consent version as the decider holds it: its id and version, its *template*
+    (the canonical JSON of its policy terms without id, version and the dates compared
+    with ``now``) and those dates. Consents that say the same thing share one template
+    string (interned), so grouping them costs a dictionary look-up, not a parse."""
+
+    consent_id: str
+    version: int
+    template: str
+    dates: tuple[str, ...]
+
+    @classmethod
+    def of(cls, terms: Terms) -> ConsentRef:
+        """From policy terms (``policy_terms``)."""
+        root = terms["root"]
+        blank = {
+            "status": terms["status"],
+            "scope": terms["scope"],
+            "rule": terms["rule"],
+            "root": {
+                **root,
+                "start": "",
+                "end": "",
+                "provisions": [{**n, "start": "", "end": ""} for n in root.get("provisions", [])],
+            },
+        }
+        template = json.dumps(blank, sort_keys=True, separators=(",", ":"))
+        return cls(str(terms["id"]), int(terms["version"]), sys.intern(template), tuple(_date_slots(terms)))
+
+    @classmethod
+    def stored(cls, consent_id: str, version: int, template: str, dates: str) -> ConsentRef:
+        return cls(consent_id, int(version), sys.intern(template), tuple(dates.split(",")))
+
+    def terms(self) -> Terms:
+        """The policy terms again (ConsentRef.of inverted)."""
+        terms: Terms = json.loads(self.template)
+        dates = iter(self.dates)
+        terms["id"], terms["version"], terms["date"] = self.consent_id, self.version, next(dates)
+        root = terms["root"]
+        root["start"], root["end"] = next(dates), next(dates)
+        for nested in root["provisions"]:
+            nested["start"], nested["end"] = next(dates), next(dates)
+        return terms
+
+    def boundaries(self) -> list[str]:
+        return [d for d in self.dates if d]
+
+
+def refs_of(consents: Sequence[Terms | ConsentRef]) -> list[ConsentRef]:
+    return [c if isinstance(c, ConsentRef) else ConsentRef.of(c) for c in consents]
 
 
 def time_boundaries(terms: Terms) -> list[str]:

@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from clinical_node.fhir.crypto import ResourceCipher
 from clinical_node.fhir.errors import FhirError, Issue, ResourceNotFound
 
-from .consent import Terms, consent_terms, policy_terms
+from .consent import ConsentRef, Terms, consent_terms, policy_terms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent_version (
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS consent_version (
     patient TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
     change TEXT NOT NULL,
-    terms TEXT NOT NULL,
+    template TEXT NOT NULL,
+    dates TEXT NOT NULL,
     body BLOB NOT NULL,
     UNIQUE (consent_id, version)
 );
@@ -211,17 +212,18 @@ class ConsentStore:
         body = self._cipher.seal(
             "Consent", consent_id, version, json.dumps(resource, separators=(",", ":")).encode()
         )
-        stored_terms = policy_terms(terms, consent_id, version)
+        ref = ConsentRef.of(policy_terms(terms, consent_id, version))
         cur.execute(
-            "INSERT INTO consent_version (consent_id, version, patient, recorded_at, change, terms, body) "
-            "VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO consent_version (consent_id, version, patient, recorded_at, change, template, dates, body) "
+            "VALUES (?,?,?,?,?,?,?,?)",
             (
                 consent_id,
                 version,
                 patient,
                 stamp,
                 "created" if row is None else "updated",
-                json.dumps(stored_terms, separators=(",", ":")),
+                ref.template,
+                ",".join(ref.dates),
                 body,
             ),
         )
@@ -299,10 +301,14 @@ class ConsentStore:
             ).fetchall()
         return [self._open(i, int(v), b) for i, v, b in rows]
 
-    def current_terms(self, patients: Sequence[str] | None = None) -> dict[str, list[Terms]]:
-        """Per patient, the policy terms of the current version of each consent."""
-        query = "SELECT c.patient, v.terms FROM consent_current c JOIN consent_version v ON v.seq = c.seq"
-        out: dict[str, list[Terms]] = {}
+    def current_refs(self, patients: Sequence[str] | None = None) -> dict[str, list[ConsentRef]]:
+        """Per patient, the current version of each consent (ConsentRef). With
+        ``patients``, every one of them is a key (an empty list if none)."""
+        query = (
+            "SELECT c.patient, v.consent_id, v.version, v.template, v.dates FROM consent_current c "
+            "JOIN consent_version v ON v.seq = c.seq"
+        )
+        out: dict[str, list[ConsentRef]] = {}
         with self._lock:
             if patients is None:
                 rows: list[Any] = self._db.execute(query).fetchall()
@@ -315,9 +321,15 @@ class ConsentStore:
         if patients is not None:
             for patient in patients:
                 out[patient] = []
-        for patient, terms in rows:
-            out.setdefault(patient, []).append(json.loads(terms))
+        templates: dict[str, str] = {}
+        for patient, consent_id, version, template, dates in rows:
+            shared = templates.setdefault(template, template)
+            out.setdefault(patient, []).append(ConsentRef.stored(consent_id, version, shared, dates))
         return out
+
+    def current_terms(self, patients: Sequence[str] | None = None) -> dict[str, list[Terms]]:
+        """Per patient, the policy terms of the current version of each consent."""
+        return {p: [r.terms() for r in refs] for p, refs in self.current_refs(patients).items()}
 
     def patient_versions(self, patients: Sequence[str] | None = None) -> dict[str, int]:
         with self._lock:

@@ -28,7 +28,7 @@ from typing import Any
 from clinical_node.fhir.store import IndexedResource
 from paroma.jobspec import JobSpec
 
-from .consent import Terms
+from .consent import ConsentRef, Terms, refs_of
 from .engine import PolicyEngine, PolicyError, canonical_json
 
 # The consentaction codes a training job performs on the data it is given.
@@ -193,41 +193,17 @@ def _parse_verdict(value: Any, consents: int) -> _Verdict:
 
 
 class ShapeIndex:
-    """Fast shape keys. Each consent version's terms are reduced once to a *template*
-    (everything but its id, version and the dates compared with ``now``) and the list of
-    those dates; a patient's shape key is then their templates with each date replaced by
-    its rank below or above ``now``: exactly what :func:`canonical_shape` keeps.
-    Templates are cached by (id, version) and used only for the very terms they were
-    made from (the same object, or equal terms), whoever calls with whatever ids."""
+    """Fast shape keys: a patient's key is their consents' templates (ConsentRef: the
+    terms without id, version and the dates compared with ``now``) with each date
+    replaced by its rank below or above ``now``, which is exactly what
+    :func:`canonical_shape` keeps. Templates are numbered once; a key costs no parsing."""
 
     def __init__(self) -> None:
-        self._templates: dict[tuple[str, int], tuple[int, tuple[str, ...], Terms]] = {}
         self._ids: dict[str, int] = {}
 
-    def _template(self, consent: Terms) -> tuple[int, tuple[str, ...]]:
-        key = (consent["id"], int(consent["version"]))
-        found = self._templates.get(key)
-        if found is None or not (found[2] is consent or found[2] == consent):
-            root = consent["root"]
-            blank = {
-                "status": consent["status"],
-                "scope": consent["scope"],
-                "rule": consent["rule"],
-                "root": {
-                    **root,
-                    "start": "",
-                    "end": "",
-                    "provisions": [{**n, "start": "", "end": ""} for n in root["provisions"]],
-                },
-            }
-            signature = canonical_json(blank)
-            template = self._ids.setdefault(signature, len(self._ids))
-            found = self._templates[key] = (template, tuple(_dated(consent)), consent)
-        return found[0], found[1]
-
-    def key(self, ordered: Sequence[Terms], now: str) -> tuple[Any, ...]:
-        parts = [self._template(c) for c in ordered]
-        values = sorted({v for _, dates in parts for v in dates if v and v != now})
+    def key(self, ordered: Sequence[ConsentRef], now: str) -> tuple[Any, ...]:
+        ids = self._ids
+        values = sorted({v for ref in ordered for v in ref.dates if v and v != now})
         below = bisect.bisect_left(values, now)
         rank = {v: i for i, v in enumerate(values)}
 
@@ -239,19 +215,22 @@ class ShapeIndex:
             i = rank[v]
             return (1, i) if i < below else (3, i - below)
 
-        return tuple((template, tuple(token(v) for v in dates)) for template, dates in parts)
+        return tuple(
+            (ids.setdefault(ref.template, len(ids)), tuple(token(v) for v in ref.dates)) for ref in ordered
+        )
 
 
 def decide(
     engine: PolicyEngine,
     job: JobContext,
-    consents_by_patient: Mapping[str, Sequence[Terms]],
+    consents_by_patient: Mapping[str, Sequence[Terms | ConsentRef]],
     now: str,
     *,
     by_shape: bool = True,
     shapes: ShapeIndex | None = None,
 ) -> dict[str, PatientDecision]:
-    """PERMIT / DENY / NO_CONSENT for each patient, from their current consents' terms.
+    """PERMIT / DENY / NO_CONSENT for each patient, from their current consents (policy
+    terms or ConsentRefs).
 
     One policy evaluation for the whole batch. Raises PolicyError when the engine fails
     or returns anything but a well-formed decision for every patient (fail closed)."""
@@ -260,20 +239,19 @@ def decide(
     index = shapes or ShapeIndex()
     groups: dict[Any, str] = {}
     batch: dict[str, list[Terms]] = {}
-    members: list[tuple[str, str, list[tuple[str, int]]]] = []
+    members: list[tuple[str, str, list[ConsentRef]]] = []
     for patient, consents in consents_by_patient.items():
-        ordered = sorted(consents, key=lambda c: c["id"])
-        ids = [(c["id"], int(c["version"])) for c in ordered]
+        ordered = sorted(refs_of(consents), key=lambda r: r.consent_id)
         if by_shape:
             signature = index.key(ordered, now)
             key = groups.get(signature)
             if key is None:
                 key = groups[signature] = f"s{len(groups)}"
-                batch[key] = canonical_shape(ordered, now)[0]
+                batch[key] = canonical_shape([r.terms() for r in ordered], now)[0]
         else:
             key = f"p{len(members)}"
-            batch[key] = [{**c, "id": f"c{i:04d}"} for i, c in enumerate(ordered)]
-        members.append((patient, key, ids))
+            batch[key] = [{**r.terms(), "id": f"c{i:04d}"} for i, r in enumerate(ordered)]
+        members.append((patient, key, ordered))
     result = engine.evaluate(
         CONSENT_RULE, {"now": SHAPED_NOW if by_shape else now, "job": job.to_input(), "patients": batch}
     )
@@ -286,13 +264,13 @@ def decide(
         )
     verdicts = {key: _parse_verdict(result[key], len(batch[key])) for key in batch}
     out: dict[str, PatientDecision] = {}
-    for patient, key, ids in members:
+    for patient, key, ordered in members:
         v = verdicts[key]
         if v.ordinal is None:
             out[patient] = PatientDecision(v.decision, v.reason)
         else:
-            consent_id, version = ids[v.ordinal]
-            out[patient] = PatientDecision(v.decision, v.reason, consent_id, version, v.obligations)
+            ref = ordered[v.ordinal]
+            out[patient] = PatientDecision(v.decision, v.reason, ref.consent_id, ref.version, v.obligations)
     return out
 
 

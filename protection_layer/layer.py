@@ -237,7 +237,7 @@ class ConsentView:
                 "round": server_round,
                 "status": "decided",
                 "now": decision.now,
-                "counts": decision.counts,
+                "counts": dict(decision.counts),
                 "redacted_resources": decision.redacted,
                 "patient_set_sha256": decision.patient_set_sha256(),
                 "policy_version": decision.policy_version,

@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS resource_token (
 );
 CREATE INDEX IF NOT EXISTS token_by_code ON resource_token (param, code, system);
 CREATE INDEX IF NOT EXISTS token_by_resource ON resource_token (rtype, rid);
+-- Covering indexes for reading a type's (id, patient) and its ids by code without touching
+-- the rows' encrypted bodies (the protection layer reads them for whole cohorts).
+CREATE INDEX IF NOT EXISTS resource_keys ON resource (rtype, rid, patient);
+CREATE INDEX IF NOT EXISTS token_codes ON resource_token (rtype, param, code, system, rid);
 CREATE TABLE IF NOT EXISTS store_state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     generation INTEGER NOT NULL
@@ -285,7 +289,10 @@ class FhirStore:
                     params.append(token.system)
                 alternatives.append("(" + " AND ".join(cond) + ")")
             clauses.append(
-                "EXISTS (SELECT 1 FROM resource_token t WHERE t.rtype = r.rtype AND t.rid = r.rid "
+                # INDEXED BY: without statistics SQLite may pick the covering token_codes
+                # index and scan a whole type's tokens for every row.
+                "EXISTS (SELECT 1 FROM resource_token t INDEXED BY token_by_resource "
+                "WHERE t.rtype = r.rtype AND t.rid = r.rid "
                 f"AND ({' OR '.join(alternatives)}))"
             )
         for date in dates or ():
@@ -359,13 +366,23 @@ class FhirStore:
 
     def keys_of(self, rtype: str, codes: Sequence[TokenQuery] | None = None) -> list[tuple[str, str | None]]:
         """(id, patient) of every resource of a type, optionally only those with one of
-        the codes; from the index, nothing decrypted."""
-        where, params = self._where(rtype, codes=codes)
+        the codes; from the covering indexes, nothing decrypted."""
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT r.rid, r.patient FROM resource r WHERE {where}", params
+            rows = self._db.execute("SELECT rid, patient FROM resource WHERE rtype = ?", (rtype,)).fetchall()
+            if not codes:
+                return [(str(i), p) for i, p in rows]
+            values = sorted({c.code for c in codes if c.code is not None})
+            if not values:
+                return []
+            tokens = self._db.execute(
+                f"SELECT rid, system, code FROM resource_token WHERE rtype = ? AND param = 'code' "
+                f"AND code IN ({','.join('?' * len(values))})",
+                [rtype, *values],
             ).fetchall()
-        return [(str(i), p) for i, p in rows]
+        exact = {(c.system, c.code) for c in codes if c.system is not None}
+        any_system = {c.code for c in codes if c.system is None}
+        keep = {rid for rid, system, code in tokens if code in any_system or (system, code) in exact}
+        return [(str(i), p) for i, p in rows if i in keep]
 
     def index_rows(
         self, rtype: str | None = None, *, patients: Sequence[str] | None = None
@@ -381,25 +398,28 @@ class FhirStore:
         return self._index_rows(rtype, None)
 
     def _index_rows(self, rtype: str | None, patients: Sequence[str] | None) -> list[IndexedResource]:
-        clauses, params = [], []
-        if rtype:
-            clauses.append("r.rtype = ?")
-            params.append(rtype)
-        if patients is not None:
+        # A Patient's own index row has patient = its id (index.patient_of), so selecting by
+        # patient also finds the Patient resources; and without an OR, SQLite uses the index.
+        type_clause, type_params = ("r.rtype = ?", [rtype]) if rtype else ("1", [])
+        if patients is None:
+            selections = [(type_clause, type_params)]
+        else:
             marks = ",".join("?" * len(patients))
-            clauses.append(f"(r.patient IN ({marks}) OR (r.rtype = 'Patient' AND r.rid IN ({marks})))")
-            params += [*patients, *patients]
-        where = " AND ".join(clauses) or "1"
+            selections = [(f"r.patient IN ({marks}) AND {type_clause}", [*patients, *type_params])]
+        rows: list[Any] = []
+        tokens: list[Any] = []
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT r.rtype, r.rid, r.patient, r.date_start, r.date_end FROM resource r WHERE {where}",
-                params,
-            ).fetchall()
-            tokens = self._db.execute(
-                "SELECT t.rtype, t.rid, t.param, t.system, t.code FROM resource_token t "
-                f"JOIN resource r ON r.rtype = t.rtype AND r.rid = t.rid WHERE {where}",
-                params,
-            ).fetchall()
+            for where, params in selections:
+                rows += self._db.execute(
+                    f"SELECT r.rtype, r.rid, r.patient, r.date_start, r.date_end FROM resource r WHERE {where}",
+                    params,
+                ).fetchall()
+                tokens += self._db.execute(
+                    "SELECT t.rtype, t.rid, t.param, t.system, t.code FROM resource r "
+                    "JOIN resource_token t INDEXED BY token_by_resource "
+                    f"ON t.rtype = r.rtype AND t.rid = r.rid WHERE {where}",
+                    params,
+                ).fetchall()
         by_res: dict[tuple[str, str], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
         for t, i, param, system, code in tokens:
             codes, labels = by_res.setdefault((t, i), ([], []))
