@@ -212,7 +212,7 @@ def per_resource_baseline(
             {
                 "now": now,
                 "job": context,
-                "consents": decider._terms.get(patient, []),
+                "consents": decider.patient_terms(patient),
                 "resource": {
                     "type": r.resource_type,
                     "codes": [{"system": s, "code": c} for s, c in r.codes],
@@ -272,7 +272,7 @@ def main() -> None:
     start = time.perf_counter()
     cold = decider.decide(job, iso(NOW))
     results["cold_s"] = time.perf_counter() - start
-    results["counts"] = cold.counts
+    results["counts"] = dict(cold.counts)
     results["released_resources"] = len(cold.resource_keys())
     results["redacted_resources"] = cold.redacted
     start = time.perf_counter()
@@ -287,7 +287,7 @@ def main() -> None:
     results["warm_churn_s"] = time.perf_counter() - start
     results["warm_churn_patients"] = len(changed)
     results["warm_churn_redecided"] = len(warm.redecided)
-    results["warm_counts"] = warm.counts
+    results["warm_counts"] = dict(warm.counts)
     results["rss_peak_mb"] = _rss_mb()
     results["rss_before_decisions_mb"] = rss_before
 
