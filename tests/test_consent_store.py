@@ -257,3 +257,14 @@ def test_fhir_consent_endpoint_refuses_a_malformed_consent_with_an_operation_out
 def test_fhir_consent_endpoints_need_a_site_admin_token(client: httpx.Client) -> None:
     response = client.get("/fhir/Consent", params={"patient": "p1"}, headers={"Authorization": "Bearer nope"})
     assert response.status_code == 401 and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_consent_in_a_clinical_bundle_is_refused_with_where_it_belongs(site: Site) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": consent("c1")}]}
+    with pytest.raises(FhirError) as caught:
+        site.fhir.ingest_bundle(bundle)
+    issue = caught.value.issues[0]
+    assert issue.location == "Bundle.entry[0].resource" and "paroma consent load" in issue.diagnostics
+    with pytest.raises(FhirError, match="protection layer"):
+        site.fhir.put_resource(consent("c2"))
+    assert site.fhir.counts() == {}

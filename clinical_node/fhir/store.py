@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from .bundle import PreparedEntry, prepare_bundle, validate_resource
+from .bundle import KEPT_ELSEWHERE, PreparedEntry, prepare_bundle, validate_resource
 from .crypto import ResourceCipher
 from .errors import FhirError, Issue, ResourceNotFound
 from .index import IndexEntry, date_range, index_entry, iso
@@ -154,6 +154,8 @@ class FhirStore:
     def put_resource(self, resource: dict[str, Any]) -> StoredRef:
         """Create or update one resource (it must carry its id)."""
         issues = validate_resource(resource)
+        if not issues and resource.get("resourceType") in KEPT_ELSEWHERE:
+            issues = [Issue(KEPT_ELSEWHERE[resource["resourceType"]], "resource", "not-supported")]
         if not issues and not resource.get("id"):
             issues = [Issue("the resource has no id", "resource.id")]
         if issues:
