@@ -1,8 +1,8 @@
 """Per-patient consent decisions and resource redaction, asked of the Rego policies in
 batches.
 
-Evaluating the policy once per patient costs ~0.2 ms each in regorus, minutes for a large
-hospital. But the policy only ever *compares* a consent's ids and its dates with each
+Evaluating the policy once per patient costs ~0.2 ms each in regorus (23 s for 100,000
+patients). But the policy only ever *compares* a consent's ids and its dates with each
 other and with ``now``; it never reads their values. So each patient's consents are
 renamed into a canonical *shape*: ids become ``c0000, c0001, …`` in their sort order, and
 the dates the policy compares with ``now`` become tokens that keep their order and their
