@@ -69,6 +69,14 @@ class AdmissionPolicy(Protocol):
     def admit(self, job: JobSpec) -> Admission: ...
 
 
+class NodeEvents(Protocol):
+    """Told of every round the node takes part in (the protection layer audits them)."""
+
+    def round_finished(
+        self, job: JobSpec, server_round: int, kind: str, report: RoundReport | None, error: str | None
+    ) -> None: ...
+
+
 class UnfilteredView:
     """Every Patient and Observation of the store, with no consent filtering. Only for data
     that needs no consent (public benchmark data such as the UCI files in benchmarks)."""
@@ -162,9 +170,12 @@ class ClinicalNode:
         view: DataView,
         executor: TrainingExecutor | None = None,
         admission: AdmissionPolicy | None = None,
+        events: NodeEvents | None = None,
     ) -> None:
         self.site = site
         self.view = view
+        self.events = events
+        self.protection: Any = None  # the site's protection layer when runtime.open_node wired one
         if executor is None:
             from .sandbox import SandboxExecutor
 
@@ -193,7 +204,13 @@ class ClinicalNode:
             raise RoundFailure(str(exc), "plan-invalid") from exc
 
     def dataset(self, job: JobSpec, server_round: int) -> tuple[SiteDataset, Cohort]:
-        cohort = self.view.cohort(job, server_round)
+        try:
+            cohort = self.view.cohort(job, server_round)
+        except RoundFailure:
+            raise
+        except Exception as exc:
+            # Fail closed: whatever went wrong in the data view, no data is used this round.
+            raise RoundFailure(f"the data view released no data: {type(exc).__name__}: {exc}") from exc
         key = (job.sha256, cohort.snapshot)
         with self._lock:
             data = self._datasets.get(key)
@@ -302,11 +319,24 @@ class ClinicalNode:
             privacy=privacy,
         )
 
+    def _reported(
+        self, kind: str, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]
+    ) -> RoundReport:
+        try:
+            report = self._run(kind, job, server_round, weights)
+        except RoundFailure as exc:
+            if self.events is not None:
+                self.events.round_finished(job, server_round, kind, None, str(exc))
+            raise
+        if self.events is not None:
+            self.events.round_finished(job, server_round, kind, report, None)
+        return report
+
     def train(self, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundReport:
-        return self._run("train", job, server_round, weights)
+        return self._reported("train", job, server_round, weights)
 
     def evaluate(self, job: JobSpec, server_round: int, weights: Mapping[str, np.ndarray]) -> RoundReport:
-        return self._run("evaluate", job, server_round, weights)
+        return self._reported("evaluate", job, server_round, weights)
 
 
 def summarize(reports: Iterable[RoundReport]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from .node import ClinicalNode, UnfilteredView
+from .node import ClinicalNode
 from .sandbox import SandboxExecutor
 from .site import Site
 
@@ -19,11 +19,18 @@ def open_node(site_dir: Path | str) -> ClinicalNode:
     with _LOCK:
         node = _NODES.get(key)
         if node is None:
+            # The protection layer imports the node's types, so it is imported here.
+            from protection_layer import ProtectionLayer
+
             site = Site.open(Path(key))
             # The strongest sandbox that proves its isolation here; its level is what the
             # site's admission checks and what every round reports.
             executor = SandboxExecutor.strongest(private_paths=[site.root])
-            node = ClinicalNode(site, view=UnfilteredView(site), executor=executor)
+            layer = ProtectionLayer(site, isolation=executor.isolation)
+            node = ClinicalNode(
+                site, view=layer.view, executor=executor, admission=layer.admission, events=layer
+            )
+            node.protection = layer
             _NODES[key] = node
         return node
 
@@ -34,6 +41,8 @@ def forget_nodes() -> None:
             close = getattr(node.executor, "close", None)
             if close is not None:
                 close()
+            if node.protection is not None:
+                node.protection.close()
             node.site.close()
         _NODES.clear()
 

@@ -35,6 +35,13 @@ def create_app(site: Site) -> FastAPI:
             raise FhirError([Issue(f"role {principal.role} may not use the FHIR API", code="forbidden")], 403)
         return principal
 
+    # Consents go to the protection layer's store; its routes come before the generic ones.
+    from protection_layer.fhir_api import build_consent_router
+    from protection_layer.layer import ProtectionLayer
+
+    protection = ProtectionLayer(site)
+    app.state.protection = protection
+    app.include_router(build_consent_router(lambda: protection.consents, require_site_admin))
     app.include_router(build_fhir_router(lambda: site.fhir, require_site_admin))
 
     @app.exception_handler(FhirError)

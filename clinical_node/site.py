@@ -28,6 +28,22 @@ SITE_FILE = "site.toml"
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise SiteError(f"site.toml: cannot write a value of type {type(value).__name__}")
+
+
+def _flat_table(name: str, table: dict[str, Any]) -> str:
+    return f"[{name}]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+
+
 class SiteError(Exception):
     """A site folder that is missing, not initialised, or malformed."""
 
@@ -73,8 +89,12 @@ class Site:
         return PlanApprovals(self.root)
 
     def write_policy(self, policy: SitePolicy) -> None:
-        """Replace the [policy] table of site.toml (atomically)."""
+        """Replace the [policy] table of site.toml (atomically), keeping the other tables
+        (such as the protection layer's [protection])."""
         text = self.identity.to_toml() + "\n" + policy.to_toml()
+        for name, table in self.settings.items():
+            if name not in ("site", "policy") and isinstance(table, dict):
+                text += "\n" + _flat_table(name, table)
         tmp = self.root / (SITE_FILE + ".tmp")
         tmp.write_text(text)
         tmp.replace(self.root / SITE_FILE)

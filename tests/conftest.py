@@ -1,4 +1,5 @@
-"""Shared fixtures: site folders, the real UCI sites, and live HTTP servers on free ports."""
+"""Shared fixtures: site folders, the real UCI sites (every patient consenting to health
+research), live HTTP servers on free ports, and both policy engines."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ import uvicorn
 from clinical_node.datasets.uci_heart import HOSPITALS, hospital_bundle
 from clinical_node.site import Site
 from paroma.demo import DEMO_POLICY
+from protection_layer import ConsentMix, ProtectionLayer, generate_consents
+from protection_layer.engine import OpaServerEngine, PolicyEngine, RegorusEngine
+from protection_layer.opa_api import create_opa_app
 
 DATA = Path(__file__).parent / "data"
 SYNTHEA = DATA / "synthea"
@@ -64,6 +69,10 @@ def uci_sites_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         s = Site.create(root / key, key, hospital.name, policy=DEMO_POLICY)
         s.fhir.ingest_bundle(hospital_bundle(key))
         s.plans.approve_builtin("logistic-regression", by="test set-up")
+        layer = ProtectionLayer(s)
+        consents = generate_consents(s.fhir.patients(), ConsentMix.full(), now=datetime.now(UTC), seed=7)
+        layer.consents.put_many([c.resource for c in consents if c.resource])
+        layer.close()
         s.close()
     return root
 
@@ -74,5 +83,21 @@ def uci_sites(uci_sites_template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "uci-sites"
     shutil.copytree(uci_sites_template, root)
     for key in HOSPITALS:
-        (root / key / "keys" / "store.key").chmod(0o600)
+        for key_file in (root / key / "keys").iterdir():
+            key_file.chmod(0o600)
     return root
+
+
+@pytest.fixture(scope="session")
+def opa_server() -> Iterator[LiveServer]:
+    """The protection layer's OPA REST API on a live server (no OPA binary is available)."""
+    with LiveServer(create_opa_app()) as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "opa"])
+def engine(request: pytest.FixtureRequest, opa_server: LiveServer) -> Iterator[PolicyEngine]:
+    """Each policy engine, loaded with the built-in policies: tests using it run twice."""
+    made: PolicyEngine = RegorusEngine() if request.param == "embedded" else OpaServerEngine(opa_server.url)
+    yield made
+    made.close()

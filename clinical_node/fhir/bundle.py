@@ -20,6 +20,12 @@ from pydantic import ValidationError
 from .errors import BundleRejected, Issue
 
 ACCEPTED_BUNDLE_TYPES = ("transaction", "collection")
+# Resource types another part of the node keeps: stored here, they would be silently
+# ignored by the part that must enforce them.
+KEPT_ELSEWHERE = {
+    "Consent": "Consents are kept and enforced by the protection layer: load them with "
+    "`paroma consent load` or PUT /fhir/Consent/{id}",
+}
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _MAX_ISSUES = 50
 
@@ -150,6 +156,9 @@ def prepare_bundle(data: Any) -> list[PreparedEntry]:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str) or _model_class(rtype) is None or rtype == "Bundle":
             issues.append(Issue(f"unknown or unstorable resourceType {rtype!r}", f"{where}.resource"))
+            continue
+        if rtype in KEPT_ELSEWHERE:
+            issues.append(Issue(KEPT_ELSEWHERE[rtype], f"{where}.resource", "not-supported"))
             continue
         request = entry.get("request")
         if btype == "transaction":

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from .bundle import PreparedEntry, prepare_bundle, validate_resource
+from .bundle import KEPT_ELSEWHERE, PreparedEntry, prepare_bundle, validate_resource
 from .crypto import ResourceCipher
 from .errors import FhirError, Issue, ResourceNotFound
 from .index import IndexEntry, date_range, index_entry, iso
@@ -47,11 +47,15 @@ CREATE TABLE IF NOT EXISTS resource_token (
 );
 CREATE INDEX IF NOT EXISTS token_by_code ON resource_token (param, code, system);
 CREATE INDEX IF NOT EXISTS token_by_resource ON resource_token (rtype, rid);
-CREATE TABLE IF NOT EXISTS store_meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
+-- Covering indexes for reading a type's (id, patient) and its ids by code without touching
+-- the rows' encrypted bodies (the protection layer reads them for whole cohorts).
+CREATE INDEX IF NOT EXISTS resource_keys ON resource (rtype, rid, patient);
+CREATE INDEX IF NOT EXISTS token_codes ON resource_token (rtype, param, code, system, rid);
+CREATE TABLE IF NOT EXISTS store_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO store_meta VALUES ('generation', 0);
+INSERT OR IGNORE INTO store_state VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS resource_history (
     rtype TEXT NOT NULL,
     rid TEXT NOT NULL,
@@ -63,6 +67,7 @@ CREATE TABLE IF NOT EXISTS resource_history (
 """
 
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le")
+_CHUNK = 500  # bound parameters per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,8 @@ class FhirStore:
     def put_resource(self, resource: dict[str, Any]) -> StoredRef:
         """Create or update one resource (it must carry its id)."""
         issues = validate_resource(resource)
+        if not issues and resource.get("resourceType") in KEPT_ELSEWHERE:
+            issues = [Issue(KEPT_ELSEWHERE[resource["resourceType"]], "resource", "not-supported")]
         if not issues and not resource.get("id"):
             issues = [Issue("the resource has no id", "resource.id")]
         if issues:
@@ -166,7 +173,7 @@ class FhirStore:
             try:
                 for entry in entries:
                     refs.append(self._write_one(cur, entry, stamp))
-                self._bump(cur)
+                cur.execute("UPDATE store_state SET generation = generation + 1")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -203,17 +210,6 @@ class FhirStore:
         )
         return StoredRef(rtype, rid, version, row is None)
 
-    @staticmethod
-    def _bump(cur: sqlite3.Cursor) -> None:
-        cur.execute("UPDATE store_meta SET value = value + 1 WHERE key = 'generation'")
-
-    def generation(self) -> int:
-        """A counter that changes with every committed write (any process): a cheap way to
-        know whether what was read from the store is still current."""
-        with self._lock:
-            row = self._db.execute("SELECT value FROM store_meta WHERE key = 'generation'").fetchone()
-        return int(row[0])
-
     def erase_patient(self, patient_id: str) -> int:
         """Delete every resource of a patient, with its history; returns how many."""
         with self._lock:
@@ -228,7 +224,7 @@ class FhirStore:
                     cur.execute("DELETE FROM resource_token WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource_history WHERE rtype=? AND rid=?", (rtype, rid))
                     cur.execute("DELETE FROM resource WHERE rtype=? AND rid=?", (rtype, rid))
-                self._bump(cur)
+                cur.execute("UPDATE store_state SET generation = generation + 1")
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -295,7 +291,10 @@ class FhirStore:
                     params.append(token.system)
                 alternatives.append("(" + " AND ".join(cond) + ")")
             clauses.append(
-                "EXISTS (SELECT 1 FROM resource_token t WHERE t.rtype = r.rtype AND t.rid = r.rid "
+                # INDEXED BY: without statistics SQLite may pick the covering token_codes
+                # index and scan a whole type's tokens for every row.
+                "EXISTS (SELECT 1 FROM resource_token t INDEXED BY token_by_resource "
+                "WHERE t.rtype = r.rtype AND t.rid = r.rid "
                 f"AND ({' OR '.join(alternatives)}))"
             )
         for date in dates or ():
@@ -360,19 +359,69 @@ class FhirStore:
         for t, i, v, b in rows:
             yield self._open(t, i, int(v), b)
 
-    def index_rows(self, rtype: str | None = None) -> list[IndexedResource]:
-        """The index of every resource (no body is decrypted): what consent redaction needs."""
+    def generation(self) -> int:
+        """A number that changes with every committed write (by any process): readers that
+        cache what they derived from the store compare it to know when to refresh."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT rtype, rid, patient, date_start, date_end FROM resource"
-                + (" WHERE rtype = ?" if rtype else ""),
-                (rtype,) if rtype else (),
-            ).fetchall()
+            row = self._db.execute("SELECT generation FROM store_state WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def keys_of(self, rtype: str, codes: Sequence[TokenQuery] | None = None) -> list[tuple[str, str | None]]:
+        """(id, patient) of every resource of a type, optionally only those with one of
+        the codes; from the covering indexes, nothing decrypted."""
+        with self._lock:
+            rows = self._db.execute("SELECT rid, patient FROM resource WHERE rtype = ?", (rtype,)).fetchall()
+            if not codes:
+                return [(str(i), p) for i, p in rows]
+            values = sorted({c.code for c in codes if c.code is not None})
+            if not values:
+                return []
             tokens = self._db.execute(
-                "SELECT rtype, rid, param, system, code FROM resource_token"
-                + (" WHERE rtype = ?" if rtype else ""),
-                (rtype,) if rtype else (),
+                f"SELECT rid, system, code FROM resource_token WHERE rtype = ? AND param = 'code' "
+                f"AND code IN ({','.join('?' * len(values))})",
+                [rtype, *values],
             ).fetchall()
+        exact = {(c.system, c.code) for c in codes if c.system is not None}
+        any_system = {c.code for c in codes if c.system is None}
+        keep = {rid for rid, system, code in tokens if code in any_system or (system, code) in exact}
+        return [(str(i), p) for i, p in rows if i in keep]
+
+    def index_rows(
+        self, rtype: str | None = None, *, patients: Sequence[str] | None = None
+    ) -> list[IndexedResource]:
+        """The index of every resource (no body is decrypted): what consent redaction needs.
+        With ``patients``, only the resources of those patients (their Patient included)."""
+        if patients is not None:
+            out: list[IndexedResource] = []
+            plist = list(patients)
+            for i in range(0, len(plist), _CHUNK):
+                out += self._index_rows(rtype, plist[i : i + _CHUNK])
+            return out
+        return self._index_rows(rtype, None)
+
+    def _index_rows(self, rtype: str | None, patients: Sequence[str] | None) -> list[IndexedResource]:
+        # A Patient's own index row has patient = its id (index.patient_of), so selecting by
+        # patient also finds the Patient resources; and without an OR, SQLite uses the index.
+        type_clause, type_params = ("r.rtype = ?", [rtype]) if rtype else ("1", [])
+        if patients is None:
+            selections = [(type_clause, type_params)]
+        else:
+            marks = ",".join("?" * len(patients))
+            selections = [(f"r.patient IN ({marks}) AND {type_clause}", [*patients, *type_params])]
+        rows: list[Any] = []
+        tokens: list[Any] = []
+        with self._lock:
+            for where, params in selections:
+                rows += self._db.execute(
+                    f"SELECT r.rtype, r.rid, r.patient, r.date_start, r.date_end FROM resource r WHERE {where}",
+                    params,
+                ).fetchall()
+                tokens += self._db.execute(
+                    "SELECT t.rtype, t.rid, t.param, t.system, t.code FROM resource r "
+                    "JOIN resource_token t INDEXED BY token_by_resource "
+                    f"ON t.rtype = r.rtype AND t.rid = r.rid WHERE {where}",
+                    params,
+                ).fetchall()
         by_res: dict[tuple[str, str], tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {}
         for t, i, param, system, code in tokens:
             codes, labels = by_res.setdefault((t, i), ([], []))
@@ -382,6 +431,25 @@ class FhirStore:
             codes, labels = by_res.get((t, i), ([], []))
             out.append(IndexedResource(t, i, patient, start, end, tuple(codes), tuple(labels)))
         return out
+
+    def read_many(self, keys: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The given resources, decrypted, in the order given (missing ones are skipped)."""
+        wanted = list(keys)
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in wanted:
+            by_type.setdefault(rtype, []).append(rid)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for rtype, ids in by_type.items():
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                with self._lock:
+                    rows = self._db.execute(
+                        f"SELECT rid, version, body FROM resource WHERE rtype = ? AND rid IN ({','.join('?' * len(chunk))})",
+                        [rtype, *chunk],
+                    ).fetchall()
+                for rid, version, body in rows:
+                    found[(rtype, rid)] = self._open(rtype, rid, int(version), body)
+        return [found[k] for k in wanted if k in found]
 
     def patients(self) -> list[str]:
         with self._lock:

@@ -4,6 +4,8 @@ from clinical_node.plans.logistic_regression import build_model, evaluate  # noq
 
 
 def train(model, x, y, hyper):
+    # Large steps: the address-space limit stops it within a few allocations, long before
+    # zero-filling pages uses up the CPU-time limit on a busy machine.
     hoard = []
     while True:
-        hoard.append(bytearray(256 * 1024 * 1024))
+        hoard.append(bytearray(1024 * 1024 * 1024))
