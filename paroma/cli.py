@@ -10,11 +10,14 @@ from typing import Annotated
 
 import typer
 
+from interconnect.pce.cli import pce_app
+
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and administer a clinical node (a hospital's site).", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets and converters.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(data_app, name="data")
+app.add_typer(pce_app, name="pce")
 
 
 def fail(message: str, code: int = 2) -> None:

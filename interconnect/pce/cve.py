@@ -81,7 +81,11 @@ def vulnerability_from_vector(
         raise VulnerabilityError(f"{cve_id}: malformed CVSS vector {vector!r}: {exc}") from None
     computed = float(parsed.base_score)
     if base_score is not None:
-        if isinstance(base_score, bool) or not isinstance(base_score, int | float) or not math.isfinite(base_score):
+        if (
+            isinstance(base_score, bool)
+            or not isinstance(base_score, int | float)
+            or not math.isfinite(base_score)
+        ):
             raise VulnerabilityError(f"{cve_id}: base score {base_score!r} is not a number")
         # Base scores are published rounded up to one decimal (CVSS v3.1 §7.4 Roundup).
         if abs(float(base_score) - computed) > 1e-6:

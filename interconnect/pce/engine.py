@@ -293,7 +293,9 @@ class SecurePathEngine:
             for name in chosen:
                 self.path(name)
             report = ChangeReport()
-            failed = self._reroute([self._paths[n] for n in chosen if self._paths[n].route], report, "reoptimize")
+            failed = self._reroute(
+                [self._paths[n] for n in chosen if self._paths[n].route], report, "reoptimize"
+            )
             self._retry_unroutable(report, cause="reoptimize", skip=failed)
             return report
 
@@ -334,7 +336,9 @@ class SecurePathEngine:
                 "remediation-changed",
                 {"node": node_id, "old": exposure_dict(exposure), "exposure": exposure_dict(updated)},
             )
-            return self._after_change(f"remediation of {exposure.vulnerability.cve_id} on {node_id!r} changed")
+            return self._after_change(
+                f"remediation of {exposure.vulnerability.cve_id} on {node_id!r} changed"
+            )
 
     # ----------------------------------------------------------------- network state
 
@@ -356,7 +360,9 @@ class SecurePathEngine:
             self._emit("node-state", {"node": node_id, "up": up})
             return self._after_change(f"node {node_id!r} {'up' if up else 'down'}")
 
-    def replace_topology(self, topology: Topology, exposures: Iterable[Exposure] = (), *, force: bool = False) -> None:
+    def replace_topology(
+        self, topology: Topology, exposures: Iterable[Exposure] = (), *, force: bool = False
+    ) -> None:
         """Load another network. Installed paths are removed only when ``force`` is given."""
         with self._lock:
             by_node = _index_exposures(topology, exposures)
@@ -448,10 +454,14 @@ class SecurePathEngine:
                 "security-index",
                 {
                     "cause": cause,
-                    "changes": {n: {"old": a, "new": b} for n, (a, b) in report.security_index_changes.items()},
+                    "changes": {
+                        n: {"old": a, "new": b} for n, (a, b) in report.security_index_changes.items()
+                    },
                 },
             )
-        affected = [p for p in self._paths.values() if p.route is not None and self._is_affected(p.route, worse)]
+        affected = [
+            p for p in self._paths.values() if p.route is not None and self._is_affected(p.route, worse)
+        ]
         failed = self._reroute(affected, report, cause)
         self._retry_unroutable(report, cause, skip=failed)
         return report
@@ -470,16 +480,26 @@ class SecurePathEngine:
             outcome = compute_path(self._state, path.request)
             if isinstance(outcome, NoPath):
                 moved = InstalledPath(
-                    path.request, PathStatus.UNROUTABLE, None, outcome.reason, outcome.constraint, path.version + 1
+                    path.request,
+                    PathStatus.UNROUTABLE,
+                    None,
+                    outcome.reason,
+                    outcome.constraint,
+                    path.version + 1,
                 )
                 self._paths[path.name] = moved
                 report.unroutable.append(moved)
                 failed.add(path.name)
                 self._emit(
-                    "path-unroutable", {"path": moved.as_dict(), "previous": _route_dict(path.route), "cause": cause}
+                    "path-unroutable",
+                    {"path": moved.as_dict(), "previous": _route_dict(path.route), "cause": cause},
                 )
                 continue
-            if path.route is not None and outcome.nodes == path.route.nodes and outcome.links == path.route.links:
+            if (
+                path.route is not None
+                and outcome.nodes == path.route.nodes
+                and outcome.links == path.route.links
+            ):
                 kept = replace(path, route=outcome)
                 self._reserve(kept)
                 self._paths[path.name] = kept
@@ -489,7 +509,10 @@ class SecurePathEngine:
             self._reserve(moved)
             self._paths[path.name] = moved
             report.rerouted.append(moved)
-            self._emit("path-rerouted", {"path": moved.as_dict(), "previous": _route_dict(path.route), "cause": cause})
+            self._emit(
+                "path-rerouted",
+                {"path": moved.as_dict(), "previous": _route_dict(path.route), "cause": cause},
+            )
         return failed
 
     def _retry_unroutable(self, report: ChangeReport, cause: str, skip: set[str]) -> None:
@@ -499,7 +522,9 @@ class SecurePathEngine:
             outcome = compute_path(self._state, path.request)
             if isinstance(outcome, NoPath):
                 if outcome.reason != path.reason:
-                    self._paths[path.name] = replace(path, reason=outcome.reason, constraint=outcome.constraint)
+                    self._paths[path.name] = replace(
+                        path, reason=outcome.reason, constraint=outcome.constraint
+                    )
                 continue
             restored = InstalledPath(path.request, PathStatus.ACTIVE, outcome, version=path.version + 1)
             self._reserve(restored)

@@ -80,7 +80,9 @@ def parse_topology(raw: bytes, filename: str, options: GraphmlOptions | None = N
         return with_layout(parse_graphml(raw, filename, options or GraphmlOptions()))
     if suffix in (".yaml", ".yml", ".json"):
         return with_layout(topology_from_mapping(parse_document(raw, filename), source=filename))
-    raise TopologyError(f"{filename}: unknown topology format {suffix!r} (expected .yaml, .yml, .json or .graphml)")
+    raise TopologyError(
+        f"{filename}: unknown topology format {suffix!r} (expected .yaml, .yml, .json or .graphml)"
+    )
 
 
 def parse_document(raw: bytes, filename: str) -> Any:
@@ -118,7 +120,10 @@ def parse_graphml(raw: bytes, filename: str, options: GraphmlOptions) -> Topolog
 
     labels = {n: _label(n, data) for n, data in graph.nodes(data=True)}
     counts = Counter(labels.values())
-    ids = {n: label if counts[label] == 1 else f"{label}#{n}" for n, label in labels.items()}
+    # Ids are REST path segments: a "/" in a label (Kdl's Southfield/Detroit) becomes "-".
+    ids = {
+        n: (label if counts[label] == 1 else f"{label}#{n}").replace("/", "-") for n, label in labels.items()
+    }
     nodes = []
     for n, data in graph.nodes(data=True):
         lat, lon = _coordinate(data, "Latitude", 90.0), _coordinate(data, "Longitude", 180.0)
@@ -213,9 +218,7 @@ def with_layout(topology: Topology) -> Topology:
         graph.add_edges_from((link.a, link.b) for link in topology.links)
         if positions:
             start = {n: positions.get(n, (0.5, 0.5)) for n in graph.nodes}
-            placed = nx.spring_layout(
-                graph, pos=start, fixed=list(positions), seed=1, k=0.05, iterations=50
-            )
+            placed = nx.spring_layout(graph, pos=start, fixed=list(positions), seed=1, k=0.05, iterations=50)
         else:
             placed = nx.spring_layout(graph, seed=1, center=(0.5, 0.5), scale=0.45)
         for node_id in missing:

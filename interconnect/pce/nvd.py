@@ -54,7 +54,9 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if requests < 1 or per_seconds <= 0:
-            raise InvalidRequestError("rate limit: expected at least 1 request per positive number of seconds")
+            raise InvalidRequestError(
+                "rate limit: expected at least 1 request per positive number of seconds"
+            )
         self.requests = requests
         self.per_seconds = per_seconds
         self._clock = clock
@@ -167,7 +169,9 @@ class NvdClient:
         retry_pause: float = 6.0,
     ) -> None:
         if not 1 <= results_per_page <= MAX_RESULTS_PER_PAGE:
-            raise InvalidRequestError(f"resultsPerPage: {results_per_page} is out of range (1 to {MAX_RESULTS_PER_PAGE})")
+            raise InvalidRequestError(
+                f"resultsPerPage: {results_per_page} is out of range (1 to {MAX_RESULTS_PER_PAGE})"
+            )
         self.base_url = base_url
         self.api_key = api_key or None
         self.online = online

@@ -63,9 +63,13 @@ class PathRequest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > MAX_ID_LENGTH:
-            raise InvalidRequestError(f"path name: expected 1 to {MAX_ID_LENGTH} characters, got {self.name!r}")
+            raise InvalidRequestError(
+                f"path name: expected 1 to {MAX_ID_LENGTH} characters, got {self.name!r}"
+            )
         if self.name != self.name.strip() or any(not c.isprintable() for c in self.name):
-            raise InvalidRequestError(f"path name {self.name!r}: no leading/trailing spaces or control characters")
+            raise InvalidRequestError(
+                f"path name {self.name!r}: no leading/trailing spaces or control characters"
+            )
         for field_name in ("source", "destination"):
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value:
@@ -77,12 +81,16 @@ class PathRequest:
         _check_range("min_security", self.min_security, 0.0, 100.0, "(security index)")
 
 
-def _check_range(name: str, value: object, low: float, high: float, unit: str, *, open_low: bool = False) -> None:
+def _check_range(
+    name: str, value: object, low: float, high: float, unit: str, *, open_low: bool = False
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequestError(f"{name}: expected a finite number, got {value!r}")
     if value < low or (open_low and value == low) or value > high:
         low_text = f"> {low:g}" if open_low else f">= {low:g}"
-        raise InvalidRequestError(f"{name}: {value:g} is out of range (expected {low_text} and <= {high:g} {unit})")
+        raise InvalidRequestError(
+            f"{name}: {value:g} is out of range (expected {low_text} and <= {high:g} {unit})"
+        )
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,7 @@ def _lexicographic_dijkstra(
         if done[u]:
             continue
         if u == d:
-            return _unwind(parent, s, d) + (dl,)
+            return (*_unwind(parent, s, d), dl)
         done[u] = 1
         for v, li in adjacency[u]:
             if done[v] or not link_ok[li] or not node_ok[v]:

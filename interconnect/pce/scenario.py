@@ -13,7 +13,13 @@ from typing import Protocol
 
 from interconnect.pce.cve import Vulnerability, vulnerability_from_vector
 from interconnect.pce.errors import PceError, TopologyError
-from interconnect.pce.loaders import BUILTIN_TOPOLOGIES, GraphmlOptions, builtin_path, parse_document, parse_topology
+from interconnect.pce.loaders import (
+    BUILTIN_TOPOLOGIES,
+    GraphmlOptions,
+    builtin_path,
+    parse_document,
+    parse_topology,
+)
 from interconnect.pce.security import Exposure
 from interconnect.pce.topology import Topology
 

@@ -104,9 +104,7 @@ class Topology:
         return node_id in self._nodes
 
     def with_positions(self, positions: Mapping[str, tuple[float, float]]) -> Topology:
-        nodes = tuple(
-            _replace_position(n, *positions[n.id]) if n.id in positions else n for n in self.nodes
-        )
+        nodes = tuple(_replace_position(n, *positions[n.id]) if n.id in positions else n for n in self.nodes)
         return Topology(self.name, nodes, self.links)
 
 
@@ -116,14 +114,17 @@ def _replace_position(node: Node, x: float, y: float) -> Node:
 
 def _check_id(value: object, where: str) -> None:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LENGTH:
-        raise TopologyError(f"{where}: expected a non-empty id of at most {MAX_ID_LENGTH} characters, got {value!r}")
+        raise TopologyError(
+            f"{where}: expected a non-empty id of at most {MAX_ID_LENGTH} characters, got {value!r}"
+        )
     if value != value.strip() or any(not c.isprintable() for c in value):
         raise TopologyError(f"{where}: id {value!r} has leading/trailing spaces or control characters")
+    if "/" in value:
+        # Ids are REST path segments (/api/nodes/{id}).
+        raise TopologyError(f"{where}: id {value!r} contains '/'")
 
 
-def _check_number(
-    value: object, where: str, low: float, high: float, *, open_low: bool = False
-) -> float:
+def _check_number(value: object, where: str, low: float, high: float, *, open_low: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TopologyError(f"{where}: expected a finite number, got {value!r}")
     number = float(value)
@@ -159,7 +160,9 @@ def topology_from_mapping(
     such as ``capacity_mbit`` would otherwise silently fall back to the default.
     """
     if not isinstance(data, Mapping):
-        raise TopologyError(f"{source}: expected a mapping with 'nodes' and 'links', got {type(data).__name__}")
+        raise TopologyError(
+            f"{source}: expected a mapping with 'nodes' and 'links', got {type(data).__name__}"
+        )
     try:
         unknown = set(data) - _TOPOLOGY_KEYS
         if unknown:
@@ -243,7 +246,11 @@ def _link_from_mapping(item: object, where: str, capacity: float, delay: float) 
         a=a,
         b=b,
         capacity_mbps=_check_number(
-            item.get("capacity_mbps", capacity), f"{where}.capacity_mbps", 0.0, MAX_CAPACITY_MBPS, open_low=True
+            item.get("capacity_mbps", capacity),
+            f"{where}.capacity_mbps",
+            0.0,
+            MAX_CAPACITY_MBPS,
+            open_low=True,
         ),
         delay_us=_check_number(item.get("delay_us", delay), f"{where}.delay_us", 0.0, MAX_LINK_DELAY_US),
         reserved_mbps=_check_number(
