@@ -194,7 +194,8 @@ def with_layout(topology: Topology) -> Topology:
 
     Nodes placed by the file keep their place; nodes with coordinates are projected
     (equirectangular, shrunk by cos(latitude) so that Europe does not look stretched); the rest
-    are placed by a seeded spring layout around the fixed ones, so the map is the same every run.
+    are placed beside their placed neighbours, or by a seeded spring layout when nothing near
+    them has a place, so the map is the same every run.
     """
     if all(n.x is not None and n.y is not None for n in topology.nodes):
         return topology
@@ -213,14 +214,31 @@ def with_layout(topology: Topology) -> Topology:
             positions[n.id] = (n.x, n.y)
     missing = [n.id for n in topology.nodes if n.id not in positions]
     if missing:
+        neighbours: dict[str, list[str]] = {n.id: [] for n in topology.nodes}
+        for link in topology.links:
+            neighbours[link.a].append(link.b)
+            neighbours[link.b].append(link.a)
+        # Beside the placed neighbours, ring after ring, each node turned by the golden angle so
+        # that siblings do not land on one spot.
+        for _ in range(len(missing)):
+            placed_now = {}
+            for k, node_id in enumerate(missing):
+                near = [positions[m] for m in neighbours[node_id] if m in positions]
+                if near:
+                    angle = 2.399963 * (k + 1)
+                    mx = sum(p[0] for p in near) / len(near) + 0.02 * math.cos(angle)
+                    my = sum(p[1] for p in near) / len(near) + 0.02 * math.sin(angle)
+                    placed_now[node_id] = (min(1.0, max(0.0, mx)), min(1.0, max(0.0, my)))
+            if not placed_now:
+                break
+            positions.update(placed_now)
+            missing = [m for m in missing if m not in placed_now]
+    if missing:
+        # Nothing placed near them (no coordinates anywhere, or a component without any).
         graph: nx.MultiGraph = nx.MultiGraph()
-        graph.add_nodes_from(n.id for n in topology.nodes)
-        graph.add_edges_from((link.a, link.b) for link in topology.links)
-        if positions:
-            start = {n: positions.get(n, (0.5, 0.5)) for n in graph.nodes}
-            placed = nx.spring_layout(graph, pos=start, fixed=list(positions), seed=1, k=0.05, iterations=50)
-        else:
-            placed = nx.spring_layout(graph, seed=1, center=(0.5, 0.5), scale=0.45)
+        graph.add_nodes_from(missing)
+        graph.add_edges_from((link.a, link.b) for link in topology.links if link.a in graph and link.b in graph)
+        placed = nx.spring_layout(graph, seed=1, center=(0.5, 0.5), scale=0.45)
         for node_id in missing:
             px, py = (float(c) for c in placed[node_id])
             positions[node_id] = (min(1.0, max(0.0, px)), min(1.0, max(0.0, py)))

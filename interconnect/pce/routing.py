@@ -182,9 +182,11 @@ def compute_path(state: NetworkState, request: PathRequest) -> Route | NoPath:
     s, d = state.node(request.source), state.node(request.destination)
     threshold = float(request.min_security)
     secure = threshold > 0.0
-    for end, i in (("source", s), ("destination", d)):
+    ends = (("source", s), ("destination", d))
+    for end, i in ends:
         if not state.node_up[i]:
             return NoPath("node-down", f"{end} node {state.node_ids[i]!r} is down")
+    for end, i in ends:
         if secure and state.security_index[i] < threshold:
             return NoPath(
                 "security",
