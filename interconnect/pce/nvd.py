@@ -261,9 +261,14 @@ class NvdClient:
                 response = self._http.get(self.base_url, params=params)
             except httpx.HTTPError as exc:
                 raise NvdError(f"NVD API unreachable at {self.base_url}: {exc}") from None
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
-                time.sleep(_retry_after(response, self.retry_pause))
-                continue
+            if response.status_code in RETRY_STATUSES:
+                if attempt < self.retries:
+                    time.sleep(_retry_after(response, self.retry_pause))
+                    continue
+                raise NvdError(
+                    f"NVD API kept refusing ({response.status_code}) after {self.retries + 1} attempts "
+                    "(rate limit? an API key raises it)"
+                )
             if response.status_code != 200:
                 message = response.headers.get("message", "") or response.text[:200]
                 raise NvdError(f"NVD API answered {response.status_code}: {message}".rstrip(": "))
@@ -274,7 +279,7 @@ class NvdClient:
             if not isinstance(body, dict):
                 raise NvdError("NVD API answered JSON that is not an object")
             return body
-        raise NvdError(f"NVD API kept refusing after {self.retries + 1} attempts (rate limit?)")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _retry_after(response: httpx.Response, default: float) -> float:
