@@ -98,7 +98,10 @@ def serve(
         f"{len(engine.topology.nodes)} nodes, {len(engine.topology.links)} links"
     )
     typer.echo(NVD_NOTICE)
-    uvicorn.run(create_app(engine, nvd), host=host, port=port, log_level="warning")
+    # Open GUIs hold an event stream each: do not wait for them on Ctrl-C.
+    uvicorn.run(
+        create_app(engine, nvd), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
+    )
 
 
 @pce_app.command()

@@ -237,7 +237,9 @@ def with_layout(topology: Topology) -> Topology:
         # Nothing placed near them (no coordinates anywhere, or a component without any).
         graph: nx.MultiGraph = nx.MultiGraph()
         graph.add_nodes_from(missing)
-        graph.add_edges_from((link.a, link.b) for link in topology.links if link.a in graph and link.b in graph)
+        graph.add_edges_from(
+            (link.a, link.b) for link in topology.links if link.a in graph and link.b in graph
+        )
         placed = nx.spring_layout(graph, seed=1, center=(0.5, 0.5), scale=0.45)
         for node_id in missing:
             px, py = (float(c) for c in placed[node_id])

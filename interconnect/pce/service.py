@@ -54,6 +54,7 @@ from paroma.problems import install_problem_handlers, problem_response
 
 STATIC = Path(str(resources.files("interconnect.pce") / "static"))
 KEEP_ALIVE_SECONDS = 15.0
+DISCONNECT_POLL_SECONDS = 0.5
 
 _STATUS: list[tuple[type[PceError], int, str]] = [
     (UnknownNodeError, 404, "Unknown node"),
@@ -393,13 +394,18 @@ def _event_router(engine: SecurePathEngine) -> APIRouter:
                 for old in backlog:
                     sent = old.seq
                     yield event_frame(old)
+                quiet = 0.0
                 while True:
                     try:
-                        event = await asyncio.wait_for(queue.get(), timeout=KEEP_ALIVE_SECONDS)
+                        event = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_SECONDS)
                     except TimeoutError:
+                        # A closed page is only noticed on the next write, or by asking.
                         if await request.is_disconnected():
                             return
-                        yield ": keep-alive\n\n"
+                        quiet += DISCONNECT_POLL_SECONDS
+                        if quiet >= KEEP_ALIVE_SECONDS:
+                            quiet = 0.0
+                            yield ": keep-alive\n\n"
                         continue
                     if event.seq <= sent:
                         continue

@@ -475,7 +475,8 @@ function listen() {
   const live = document.getElementById("live");
   source.onopen = () => live.classList.add("on");
   source.onerror = () => live.classList.remove("on");
-  source.onmessage = null;
+  // Chromium keeps a page with an open stream alive in its back-forward cache: close it on leave.
+  window.addEventListener("pagehide", () => source.close());
   const kinds = ["topology", "vulnerability-added", "vulnerability-removed", "remediation-changed", "security-index",
     "link-state", "node-state", "path-installed", "path-removed", "path-rerouted", "path-unroutable", "path-restored"];
   for (const kind of kinds) {
