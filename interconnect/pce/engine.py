@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -76,8 +76,8 @@ class InstalledPath:
         return {
             "name": self.name,
             "status": self.status.value,
-            "request": asdict(self.request),
-            "route": asdict(self.route) if self.route else None,
+            "request": self.request.as_dict(),
+            "route": self.route.as_dict() if self.route else None,
             "reason": self.reason,
             "constraint": self.constraint,
             "version": self.version,
@@ -545,7 +545,7 @@ def _index_exposures(topology: Topology, exposures: Iterable[Exposure]) -> dict[
 
 
 def _route_dict(route: Route | None) -> dict[str, Any] | None:
-    return asdict(route) if route is not None else None
+    return route.as_dict() if route is not None else None
 
 
 def exposure_dict(exposure: Exposure) -> dict[str, Any]:

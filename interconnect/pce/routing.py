@@ -34,7 +34,7 @@ import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from interconnect.pce.errors import InvalidRequestError, UnknownLinkError, UnknownNodeError
 from interconnect.pce.topology import MAX_CAPACITY_MBPS, MAX_ID_LENGTH, Topology
@@ -80,6 +80,9 @@ class PathRequest:
         _check_range("max_delay_us", self.max_delay_us, 0.0, MAX_PATH_DELAY_US, "µs", open_low=True)
         _check_range("min_security", self.min_security, 0.0, 100.0, "(security index)")
 
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
 
 def _check_range(
     name: str, value: object, low: float, high: float, unit: str, *, open_low: bool = False
@@ -108,6 +111,10 @@ class Route:
     security_cost: float
     # prod_j SI_j/100, as a percentage: chance that no node of the path is compromised.
     path_security: float
+
+    def as_dict(self) -> dict[str, Any]:
+        # Shallow on purpose (dataclasses.asdict deep-copies): events carry one per moved path.
+        return {**self.__dict__, "nodes": list(self.nodes), "links": list(self.links)}
 
 
 @dataclass(frozen=True)
