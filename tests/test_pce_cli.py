@@ -117,3 +117,32 @@ def test_against_a_running_engine(server: tuple[str, SecurePathEngine]) -> None:
 def test_unreachable_server_is_one_line() -> None:
     code, _, err = run("paths", "--server", "http://127.0.0.1:9")
     assert code == 2 and err.startswith("error: cannot reach the engine at http://127.0.0.1:9")
+
+
+def test_serve_runs_the_gui_and_api_as_a_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from conftest import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "paroma.cli", "pce", "serve", "--port", str(port), "--topology", "geant"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                topology = httpx.get(f"http://127.0.0.1:{port}/api/topology", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "paroma pce serve did not answer within 60 s"
+                time.sleep(0.2)
+        assert topology["name"] == "Geant2012" and len(topology["nodes"]) == 40
+        assert "Secure traffic engine" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert "Secure Traffic Engine on http://127.0.0.1" in output and NVD_NOTICE in output

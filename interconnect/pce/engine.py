@@ -150,6 +150,16 @@ class LinkStatus:
         return self.capacity_mbps - self.reserved_mbps
 
 
+@dataclass(frozen=True)
+class NetworkSnapshot:
+    """The whole network state at one instant (one lock hold)."""
+
+    topology: Topology
+    nodes: list[NodeStatus]
+    links: list[LinkStatus]
+    last_event: int
+
+
 class SecurePathEngine:
     """Topology, vulnerabilities, installed paths, and the events that tell what changed.
 
@@ -225,6 +235,10 @@ class SecurePathEngine:
     def nodes(self) -> list[NodeStatus]:
         with self._lock:
             return [self.node_status(node_id) for node_id in self._state.node_ids]
+
+    def snapshot(self) -> NetworkSnapshot:
+        with self._lock:
+            return NetworkSnapshot(self._topology, self.nodes(), self.links(), self.last_event_seq)
 
     def exposures(self, node_id: str | None = None) -> list[Exposure]:
         with self._lock:

@@ -128,9 +128,9 @@ def route_view(path: InstalledPath) -> dict[str, Any]:
 
 
 def topology_view(engine: SecurePathEngine) -> dict[str, Any]:
-    topology = engine.topology
+    snapshot = engine.snapshot()
     nodes = []
-    for node, status in zip(topology.nodes, engine.nodes(), strict=True):
+    for node, status in zip(snapshot.topology.nodes, snapshot.nodes, strict=True):
         scores = [e.vulnerability.base_score for e in status.exposures]
         nodes.append(
             {
@@ -147,8 +147,8 @@ def topology_view(engine: SecurePathEngine) -> dict[str, Any]:
                 "max_cvss": max(scores, default=None),
             }
         )
-    links = [asdict(link) | {"available_mbps": link.available_mbps} for link in engine.links()]
-    return {"name": topology.name, "nodes": nodes, "links": links, "last_event": engine.last_event_seq}
+    links = [asdict(link) | {"available_mbps": link.available_mbps} for link in snapshot.links]
+    return {"name": snapshot.topology.name, "nodes": nodes, "links": links, "last_event": snapshot.last_event}
 
 
 def node_view(engine: SecurePathEngine, node_id: str) -> dict[str, Any]:
