@@ -33,7 +33,7 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     )
 
 from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -70,6 +70,21 @@ def path_on_map(driver: WebDriver) -> str | None:
         "const p = document.getElementById('selected-path'); return p ? p.getAttribute('data-nodes') : null;"
     )
     return None if nodes is None else str(nodes)
+
+
+def text(driver: WebDriver, css: str) -> str:
+    """An element's text, read in one script (the page redraws on every event)."""
+    value = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css
+    )
+    return str(value)
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click, finding the element again if a redraw replaced it in between."""
+    WebDriverWait(driver, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True
+    )
 
 
 def wait_for_path(driver: WebDriver, nodes: str) -> None:
@@ -111,25 +126,27 @@ def drive(browser: WebDriver, url: str, engine: SecurePathEngine, tmp_path: Path
     first = "access-1 router-1 router-5 router-4 access-4"
     wait_for_path(browser, first)
     assert engine.path("cleveland-uplink").route is not None
-    on_path = {g.get_attribute("data-id") for g in browser.find_elements(By.CSS_SELECTOR, "#nodes g.on-path")}
-    assert on_path == set(first.split())
+    on_path = browser.execute_script(
+        "return [...document.querySelectorAll('#nodes g.on-path')].map((g) => g.dataset.id);"
+    )
+    assert set(on_path) == set(first.split())
 
     # A critical CVE (CVSS 9.9, a D-Link router command injection) on ROUTER 5, from its panel.
-    browser.find_element(By.CSS_SELECTOR, '#nodes g.node[data-id="router-5"]').click()
-    panel = browser.find_element(By.ID, "node-panel")
-    WebDriverWait(browser, 10).until(lambda d: panel.is_displayed() and "ROUTER 5" in panel.text)
-    assert "not endorsed or certified by the NVD" in panel.text
-    browser.find_element(By.ID, "cve-id").send_keys("CVE-2022-36786")
-    browser.find_element(By.ID, "add-cve").click()
+    click(browser, '#nodes g.node[data-id="router-5"]')
+    WebDriverWait(browser, 10).until(lambda d: "ROUTER 5" in text(d, "#node-panel"))
+    assert "not endorsed or certified by the NVD" in text(browser, "#node-panel")
+    WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: d.find_element(By.ID, "cve-id").send_keys("CVE-2022-36786") or True
+    )
+    click(browser, "#add-cve")
 
     moved = "access-1 router-1 router-2 router-3 router-4 access-4"
     wait_for_path(browser, moved)
-    WebDriverWait(browser, 10).until(lambda d: "CVE-2022-36786" in d.find_element(By.ID, "node-panel").text)
-    assert "9.9 Critical" in browser.find_element(By.ID, "node-panel").text
-    assert browser.find_element(By.ID, "node-si").text == "65.01"
+    WebDriverWait(browser, 10).until(lambda d: "CVE-2022-36786" in text(d, "#node-panel"))
+    assert "9.9 Critical" in text(browser, "#node-panel")
+    assert text(browser, "#node-si") == "65.01"
     WebDriverWait(browser, 10).until(
-        lambda d: "moved" in d.find_element(By.ID, "event-log").text,
-        message="no 'moved' entry in the event log",
+        lambda d: "moved" in text(d, "#event-log"), message="no 'moved' entry in the event log"
     )
     shot = tmp_path / "secure-traffic-engine.png"
     assert browser.save_screenshot(str(shot))
@@ -142,9 +159,9 @@ def drive(browser: WebDriver, url: str, engine: SecurePathEngine, tmp_path: Path
     assert browser.find_elements(By.CSS_SELECTOR, '#nodes g.node.down[data-id="router-3"]')
 
     # The Paths view lists it, with its details; Delete removes it.
-    browser.find_element(By.ID, "tab-paths").click()
-    row = browser.find_element(By.CSS_SELECTOR, '#paths-table tr[data-name="cleveland-uplink"]')
-    assert "ROUTER 5" in row.text and "active" in row.text
-    row.find_element(By.CSS_SELECTOR, "button.delete-path").click()
+    click(browser, "#tab-paths")
+    row = text(browser, '#paths-table tr[data-name="cleveland-uplink"]')
+    assert "ROUTER 5" in row and "active" in row
+    click(browser, '#paths-table tr[data-name="cleveland-uplink"] button.delete-path')
     WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#paths-table tbody tr"))
     assert engine.paths() == []

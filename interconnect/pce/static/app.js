@@ -363,7 +363,19 @@ async function showNode(id, open) {
     cveForm,
     el("p", { class: "notice", text: node.nvd_notice }),
   ];
+  // A redraw (after any event) keeps what the operator was typing in the add-CVE form.
+  const typing = ["cve-id", "cve-vector", "cve-remediation"].map((field) => {
+    const input = document.getElementById(field);
+    return input ? [field, input.value, document.activeElement === input] : null;
+  }).filter((entry) => entry !== null);
   panel.replaceChildren(...parts.filter((part) => part !== null));
+  if (!open) {
+    for (const [field, value, focused] of typing) {
+      const input = document.getElementById(field);
+      input.value = value;
+      if (focused) input.focus();
+    }
+  }
   panel.hidden = false;
   if (open) renderMap();
 }
