@@ -13,26 +13,71 @@ In-process use (what the relays and the site controller build on)::
     engine.add_vulnerability("router-5", nvd.lookup("CVE-2022-36786"))   # paths move
 """
 
-from interconnect.pce.cve import Vulnerability, vulnerability_from_nvd, vulnerability_from_vector
-from interconnect.pce.engine import (
-    ChangeReport,
-    Event,
-    InstalledPath,
-    LinkStatus,
-    NetworkSnapshot,
-    NodeStatus,
-    NoPathError,
-    PathStatus,
-    SecurePathEngine,
-    Subscription,
-)
-from interconnect.pce.errors import PceError
-from interconnect.pce.loaders import GraphmlOptions, load_topology, parse_topology
-from interconnect.pce.nvd import NVD_NOTICE, NvdClient
-from interconnect.pce.routing import NetworkState, NoPath, PathRequest, Route, compute_path
-from interconnect.pce.scenario import CveSource, load_scenario, parse_scenario
-from interconnect.pce.security import Exposure, attack_type_shares, security_indices
-from interconnect.pce.topology import Link, Node, NodeKind, Topology
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interconnect.pce.cve import Vulnerability, vulnerability_from_nvd, vulnerability_from_vector
+    from interconnect.pce.engine import (
+        ChangeReport,
+        Event,
+        InstalledPath,
+        LinkStatus,
+        NetworkSnapshot,
+        NodeStatus,
+        NoPathError,
+        PathStatus,
+        SecurePathEngine,
+        Subscription,
+    )
+    from interconnect.pce.errors import PceError
+    from interconnect.pce.loaders import GraphmlOptions, load_topology, parse_topology
+    from interconnect.pce.nvd import NVD_NOTICE, NvdClient
+    from interconnect.pce.routing import NetworkState, NoPath, PathRequest, Route, compute_path
+    from interconnect.pce.scenario import CveSource, load_scenario, parse_scenario
+    from interconnect.pce.security import Exposure, attack_type_shares, security_indices
+    from interconnect.pce.topology import Link, Node, NodeKind, Topology
+
+# Imported on first use (PEP 562): the `paroma` CLI registers `paroma pce` from this package, and
+# every other command would otherwise pay for networkx, httpx and cvss at start-up.
+_EXPORTS = {
+    "Vulnerability": "interconnect.pce.cve",
+    "vulnerability_from_nvd": "interconnect.pce.cve",
+    "vulnerability_from_vector": "interconnect.pce.cve",
+    "ChangeReport": "interconnect.pce.engine",
+    "Event": "interconnect.pce.engine",
+    "InstalledPath": "interconnect.pce.engine",
+    "LinkStatus": "interconnect.pce.engine",
+    "NetworkSnapshot": "interconnect.pce.engine",
+    "NodeStatus": "interconnect.pce.engine",
+    "NoPathError": "interconnect.pce.engine",
+    "PathStatus": "interconnect.pce.engine",
+    "SecurePathEngine": "interconnect.pce.engine",
+    "Subscription": "interconnect.pce.engine",
+    "PceError": "interconnect.pce.errors",
+    "GraphmlOptions": "interconnect.pce.loaders",
+    "load_topology": "interconnect.pce.loaders",
+    "parse_topology": "interconnect.pce.loaders",
+    "NVD_NOTICE": "interconnect.pce.nvd",
+    "NvdClient": "interconnect.pce.nvd",
+    "NetworkState": "interconnect.pce.routing",
+    "NoPath": "interconnect.pce.routing",
+    "PathRequest": "interconnect.pce.routing",
+    "Route": "interconnect.pce.routing",
+    "compute_path": "interconnect.pce.routing",
+    "CveSource": "interconnect.pce.scenario",
+    "load_scenario": "interconnect.pce.scenario",
+    "parse_scenario": "interconnect.pce.scenario",
+    "Exposure": "interconnect.pce.security",
+    "attack_type_shares": "interconnect.pce.security",
+    "security_indices": "interconnect.pce.security",
+    "Link": "interconnect.pce.topology",
+    "Node": "interconnect.pce.topology",
+    "NodeKind": "interconnect.pce.topology",
+    "Topology": "interconnect.pce.topology",
+}
 
 __all__ = [
     "NVD_NOTICE",
@@ -70,3 +115,12 @@ __all__ = [
     "vulnerability_from_nvd",
     "vulnerability_from_vector",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
