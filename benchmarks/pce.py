@@ -77,7 +77,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Wall time of one call with the garbage collector held off, as timeit does: a full
     collection of the benchmark's own heap (networkx graphs, 10,000-node topologies) would
     otherwise land in a random request."""
-    gc.collect()
     gc.disable()
     try:
         start = time.perf_counter()
