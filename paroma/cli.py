@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
 
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
@@ -19,6 +20,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(data_app, name="data")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
+app.add_typer(pce_app, name="pce")
 
 
 def fail(message: str, code: int = 2) -> None:
