@@ -11,6 +11,7 @@ import os
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from paroma.jobspec import JobSpec, JobSpecError
 from paroma.wire import ERROR_ROUND_FAILED, arrays_of, config_int, from_record, to_record
@@ -69,10 +70,10 @@ def _reply_admission(message: Message, node: ClinicalNode, accepted: bool, reaso
     return Message(RecordDict({"admission": record}), reply_to=message)
 
 
-def build_client_app(sites: list[str] | None = None) -> ClientApp:
+def build_client_app(sites: list[str] | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp serving the given site folders by partition id (simulation), or the
     ``site-dir`` node config / ``sites-root`` run config when ``sites`` is None."""
-    app = ClientApp()
+    app = ClientApp(mods=mods)
 
     @app.query("admission")
     def admission(message: Message, context: Context) -> Message:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -88,10 +89,15 @@ class InProcessGrid(Grid):
 
 
 def run_inprocess_job(
-    job: JobSpec, sites: Sequence[Path], *, observer: FederationObserver | None = None
+    job: JobSpec,
+    sites: Sequence[Path],
+    *,
+    observer: FederationObserver | None = None,
+    mods: list[Mod] | None = None,
 ) -> FederationResult:
-    """Run ``job`` over the given site folders with an in-process Grid."""
-    grid = InProcessGrid(build_client_app([str(Path(s).resolve()) for s in sites]), len(sites))
+    """Run ``job`` over the given site folders with an in-process Grid (``mods`` wrap every
+    site's ClientApp, e.g. scripted attacks)."""
+    grid = InProcessGrid(build_client_app([str(Path(s).resolve()) for s in sites], mods), len(sites))
     # Messages take their run and sender from the process's task identity, as in a ServerApp
     # process started by a SuperLink (0 is the SuperLink's own node id).
     TaskIdentity.run_id = grid.run.run_id

@@ -245,6 +245,10 @@ def _bwrap_binds(runtime: Runtime, layout: Layout, private: Sequence[Path]) -> l
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    # Libraries that ignore TMPDIR write to /tmp: inside, that is the scratch folder too. It is
+    # bound before the runtime, so that a runtime living under /tmp (a project cloned there)
+    # is mounted on top of it rather than hidden by it.
+    args += ["--bind", str(layout.scratch), "/tmp"]  # noqa: S108
     for path in (*runtime.dirs, *runtime.files):
         args += ["--ro-bind", str(path), str(path)]
     args += ["--proc", "/proc"]
@@ -254,8 +258,6 @@ def _bwrap_binds(runtime: Runtime, layout: Layout, private: Sequence[Path]) -> l
     args += ["--ro-bind", str(layout.inputs), str(INSIDE / "in")]
     args += ["--bind", str(layout.outputs), str(INSIDE / "out")]
     args += ["--bind", str(layout.scratch), str(INSIDE / "tmp")]
-    # libraries that ignore TMPDIR write to /tmp: inside, that is the scratch folder too
-    args += ["--bind", str(layout.scratch), "/tmp"]  # noqa: S108
     bound = [*runtime.dirs, *runtime.files]
     for path in private:
         # Only what lies inside a bound folder is visible at all; hide that too.
