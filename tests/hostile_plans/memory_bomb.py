@@ -4,8 +4,9 @@ from clinical_node.plans.logistic_regression import build_model, evaluate  # noq
 
 
 def train(model, x, y, hyper):
-    # Large steps: the address-space limit stops it within a few allocations, long before
-    # zero-filling pages uses up the CPU-time limit on a busy machine.
+    # Large steps of calloc'd memory (bytes(n) does not write its pages): the address-space
+    # limit stops it within a few allocations, before any CPU time is spent zero-filling
+    # pages, so the CPU-time limit cannot be hit first on a busy machine.
     hoard = []
     while True:
-        hoard.append(bytearray(1024 * 1024 * 1024))
+        hoard.append(bytes(1024 * 1024 * 1024))
