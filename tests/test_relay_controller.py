@@ -225,6 +225,56 @@ def test_relay_routes_emulate_every_link_once_each_way() -> None:
         )
 
 
+def test_the_engine_service_runs_the_controller(network: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    import json
+
+    import httpx
+    from conftest import LiveServer
+
+    from interconnect.pce.service import create_app
+    from interconnect.relay.controller_config import controller_from_config, load_controller_config
+
+    deployment, server, site = network
+    token = tmp_path / "relay.token"
+    token.write_text(deployment.token)
+    token.chmod(0o600)
+    relays = "".join(
+        f'[[relay]]\nnode = "{e.node}"\nhost = "{e.host}"\nport = {e.port}\ncontrol_url = "{e.control_url}"\n'
+        for e in deployment.endpoints.values()
+    )
+    sites = "".join(f'[[site]]\nid = "{s}"\nnode = "{n}"\n' for s, n in SITES.items())
+    config = tmp_path / "relays.toml"
+    config.write_text(
+        '[controller]\ntoken_file = "relay.token"\nmin_security = 50\ningress_file = "ingress.json"\n'
+        f'[aggregator]\nnode = "aggregator"\nhost = "127.0.0.1"\nport = {server.port}\n{relays}{sites}'
+    )
+    engine = SecurePathEngine(*load_scenario("demo", NVD))
+    controller = controller_from_config(engine, load_controller_config(config))
+    with LiveServer(create_app(engine, NVD, controller=controller)) as live:
+        state = httpx.get(f"{live.url}/api/transport").json()
+        assert set(state["sites"]) == set(SITES)
+        assert state["relays"]["router-5"]["healthy"] is True
+        port = state["sites"]["cleveland"]["ingress"][1]
+        assert json.loads((tmp_path / "ingress.json").read_text())["cleveland"]["ingress"][1] == port
+        with TlsClient(port, site) as client:  # type: ignore[arg-type]
+            client.ping()
+        paths = httpx.get(f"{live.url}/api/paths").json()
+        assert {p["name"] for p in paths} == {f"site-{s}" for s in SITES}
+    # Stopping the service withdrew the routes from the relays.
+    assert all("site-cleveland" not in r.relay.routes for r in deployment.threads.values())
+    config.write_text(
+        '[controller]\ntoken_file = "nothing"\nmin_security = 500\n[aggregator]\nnode = "aggregator"\n'
+    )
+    from typer.testing import CliRunner
+
+    from paroma.cli import app
+
+    result = CliRunner().invoke(app, ["pce", "serve", "--relays", str(config)])
+    assert result.exit_code == 2
+    for part in ("controller.token_file", "min_security: 500 is above 100", "aggregator.host", "[[relay]]"):
+        assert part in result.stderr
+
+
 def test_a_killed_relay_is_set_down_and_its_paths_rerouted(world: tuple) -> None:  # type: ignore[type-arg]
     deployment, _server, site, engine, controller = world
     assert "router-5" in controller.route_of("cleveland")
