@@ -11,6 +11,7 @@ Transport overheads (TCP/TLS handshakes, framing, slow start) are not modelled.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,10 +94,8 @@ class TransferPlanner:
                 self.max_delay_us,
                 self.min_security,
             )
-            try:
+            with contextlib.suppress(PathExistsError):  # installed by an earlier planner on this engine
                 self.engine.install(request)
-            except PathExistsError:
-                pass
 
     @staticmethod
     def path_name(site_id: str) -> str:

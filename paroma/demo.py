@@ -395,8 +395,10 @@ def run_demo(
     if transfer.rounds:
         for site_id, estimate in sorted(transfer.rounds[-1]["sites"].items()):
             route = " > ".join(estimate["path"]) or f"no path ({estimate['reason']})"
-            seconds = f"{estimate['transfer_s'] * 1000:.2f} ms" if estimate["transfer_s"] is not None else "-"
-            console.print(f"  {site_id:12s} model exchange per round {seconds} over {route}")
+            exchange = (
+                f"{estimate['transfer_s'] * 1000:.2f} ms" if estimate["transfer_s"] is not None else "-"
+            )
+            console.print(f"  {site_id:12s} model exchange per round {exchange} over {route}")
     full: FederationResult | None = None
     if compare_full_consent:
         console.print("The same job with every patient consenting (the full-consent baseline)…")
