@@ -8,6 +8,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+# The name of the control secret's file in a layout folder (the secret itself is random, 0600).
+TOKEN_FILE = "relay.token"  # noqa: S105 (a file name, not a secret)
 relay_app = typer.Typer(
     help="Relays that carry the federation's traffic along the secure paths.", no_args_is_help=True
 )
@@ -65,3 +67,79 @@ def status(
         fail(str(exc))
     finally:
         client.close()
+
+
+@relay_app.command("token")
+def token(
+    path: Annotated[Path, typer.Argument(help="file for the relays' control secret (written 0600)")],
+) -> None:
+    """Create the secret the controller and the relays share for the control API."""
+    from interconnect.relay.config import write_token
+
+    try:
+        write_token(path)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror}")
+    typer.echo(f"control secret written to {path} (0600)")
+
+
+@relay_app.command("layout")
+def layout(
+    folder: Annotated[
+        Path, typer.Argument(help="folder for the relay files, the controller file and the secret")
+    ],
+    site: Annotated[
+        list[str],
+        typer.Option("--site", help="SITE_ID=TOPOLOGY_NODE, repeatable (e.g. cleveland=hospital-cleveland)"),
+    ],
+    aggregator_port: Annotated[
+        int, typer.Option(help="the port the aggregator's traffic ends at (SuperLink Fleet API)")
+    ],
+    topology: Annotated[
+        str, typer.Option("--topology", "-t", help="built-in (demo, geant, kdl) or a file")
+    ] = "demo",
+    aggregator_node: Annotated[
+        str, typer.Option(help="the topology node the aggregator sits behind")
+    ] = "aggregator",
+    host: Annotated[str, typer.Option(help="the address every relay listens on")] = "127.0.0.1",
+    base_port: Annotated[
+        int, typer.Option(help="relay i (routers and access nodes in topology order) listens on base+i")
+    ] = 7100,
+    control_base_port: Annotated[int, typer.Option(help="relay i's control API listens on this+i")] = 7200,
+    min_security: Annotated[float, typer.Option(help="Minimum Security Threshold of the site paths")] = 50.0,
+) -> None:
+    """Write a relay file per router/access node and the controller file for `paroma pce serve --relays`."""
+    from interconnect.pce.errors import PceError
+    from interconnect.pce.loaders import load_topology
+    from interconnect.relay.config import write_token
+    from interconnect.relay.layout import LayoutError, controller_config_text, place_relays, relay_config_text
+
+    sites: dict[str, str] = {}
+    for item in site:
+        site_id, sep, node = item.partition("=")
+        if not sep or not site_id or not node:
+            fail(f"--site {item!r}: expected SITE_ID=TOPOLOGY_NODE")
+        sites[site_id] = node
+    try:
+        graph = load_topology(topology)
+        placements = place_relays(graph, base_port, control_base_port, host)
+        controller = controller_config_text(
+            graph, placements, sites, host=host, aggregator_node=aggregator_node,
+            aggregator_port=aggregator_port, token_file=TOKEN_FILE, min_security=min_security,
+        )  # fmt: skip
+    except (PceError, LayoutError) as exc:
+        fail(str(exc))
+    try:
+        (folder / "relays").mkdir(parents=True, exist_ok=True)
+        if not (folder / TOKEN_FILE).exists():
+            write_token(folder / TOKEN_FILE)
+        for p in placements:
+            (folder / "relays" / f"{p.node}.toml").write_text(relay_config_text(p, host, f"../{TOKEN_FILE}"))
+        (folder / "controller.toml").write_text(controller)
+    except OSError as exc:
+        fail(f"{folder}: {exc.strerror}")
+    typer.echo(
+        f"{len(placements)} relays in {folder / 'relays'}, controller file {folder / 'controller.toml'}"
+    )
+    typer.echo(f"run:  for f in {folder}/relays/*.toml; do paroma relay run --config $f & done")
+    typer.echo(f"then: paroma pce serve --topology {topology} --relays {folder / 'controller.toml'}")

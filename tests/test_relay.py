@@ -261,3 +261,37 @@ def test_relay_config_file(tmp_path: Path) -> None:
         load_relay_config(config)
     result = CliRunner().invoke(app, ["relay", "run", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "none.toml" in result.stderr
+
+
+def test_layout_writes_relay_and_controller_files(tmp_path: Path) -> None:
+    from interconnect.relay.controller_config import load_controller_config
+
+    runner = CliRunner()
+    folder = tmp_path / "fed"
+    args = [
+        "relay",
+        "layout",
+        str(folder),
+        "--site",
+        "cleveland=hospital-cleveland",
+        "--aggregator-port",
+        "9092",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    router1 = load_relay_config(folder / "relays" / "router-1.toml")
+    access4 = load_relay_config(folder / "relays" / "access-4.toml")
+    # Routers and access nodes in topology order: router-1 first, access-4 tenth.
+    assert (router1.port, router1.control_port, access4.port) == (7100, 7200, 7109)
+    controller = load_controller_config(folder / "controller.toml")
+    assert controller.sites == {"cleveland": "hospital-cleveland"}
+    assert controller.relays["access-4"].control_url == "http://127.0.0.1:7209"
+    assert controller.token == router1.token and controller.aggregator.port == 9092
+    bad = runner.invoke(
+        app, ["relay", "layout", str(folder), "--site", "x=nowhere", "--aggregator-port", "1"]
+    )
+    assert bad.exit_code == 2 and "node 'nowhere' is not in topology" in bad.stderr
+    clash = runner.invoke(app, [*args, "--base-port", "7100", "--control-base-port", "7105"])
+    assert clash.exit_code == 2 and "overlap" in clash.stderr
+    token = runner.invoke(app, ["relay", "token", str(tmp_path / "secret")])
+    assert token.exit_code == 0 and (tmp_path / "secret").stat().st_mode & 0o777 == 0o600

@@ -257,7 +257,10 @@ class RelayController:
         self._misses: dict[str, int] = dict.fromkeys(relays, 0)
         self._set_down: set[str] = set()
         self.reroutes: list[RerouteRecord] = []
+        # Called (site id, new ingress or None) when a site's ingress address changes, and
+        # (site id) whenever its route or ingress changes; outside the controller's lock.
         self.on_ingress_change: list[Callable[[str, tuple[str, int] | None], None]] = []
+        self.on_route_change: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -427,6 +430,7 @@ class RelayController:
                 closed += self._delete(node, state.name)
                 del state.pushed[node]
             changed_ingress = ingress != state.ingress
+            changed_route = nodes != state.nodes
             state.nodes = nodes
             state.ingress = ingress
             now = time.time()
@@ -448,6 +452,12 @@ class RelayController:
                     callback(state.site_id, ingress)
                 except Exception:
                     log.exception("ingress-change callback failed")
+        if changed_ingress or changed_route:
+            for route_callback in list(self.on_route_change):
+                try:
+                    route_callback(state.site_id)
+                except Exception:
+                    log.exception("route-change callback failed")
 
     def _put(self, node: str, entry: RouteEntry) -> dict[str, Any] | None:
         try:

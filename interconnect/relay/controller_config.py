@@ -155,7 +155,7 @@ def controller_from_config(engine: SecurePathEngine, config: ControllerConfig) -
     )
     if config.ingress_file is not None:
         target = config.ingress_file
-        controller.on_ingress_change.append(lambda _site, _address: write_ingress_file(controller, target))
+        controller.on_route_change.append(lambda _site: write_ingress_file(controller, target))
     return controller
 
 

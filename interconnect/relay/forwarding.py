@@ -288,18 +288,22 @@ class KernelDirection:
 
     def _readable(self) -> None:
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        try:
-            n = os.splice(self.src_fd, self.pipe_w, PIPE_BYTES - self.in_pipe, flags=flags)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._fail()
-            return
-        if n == 0:
-            self.finish_input()
-            return
-        self.in_pipe += n
-        self._drain()
+        # Move what is there (up to a few pipe-fulls) per wake-up: fewer trips through the loop.
+        for _ in range(8):
+            try:
+                n = os.splice(self.src_fd, self.pipe_w, PIPE_BYTES - self.in_pipe, flags=flags)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._fail()
+                return
+            if n == 0:
+                self.finish_input()
+                return
+            self.in_pipe += n
+            self._drain()
+            if not self._reading or self.finished:
+                return
 
     def _writable(self) -> None:
         self._watch_dst(False)
