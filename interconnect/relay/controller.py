@@ -70,7 +70,9 @@ class AggregatorEndpoint:
 
 @dataclass(frozen=True)
 class RerouteRecord:
-    """One move of a path's traffic, and how long it took to leave the old route."""
+    """One move of a path's traffic: when the engine decided it (``event_time``), when the relays
+    leaving the route had dropped it and closed its connections (``left_time``), and when every
+    relay of the new route had it (``applied_time``)."""
 
     path: str
     cause: str
@@ -79,9 +81,15 @@ class RerouteRecord:
     event_time: float
     applied_time: float
     closed_connections: int
+    left_time: float = 0.0
 
     @property
     def seconds(self) -> float:
+        """How long the traffic took to leave the relays that are no longer on the route."""
+        return (self.left_time or self.applied_time) - self.event_time
+
+    @property
+    def applied_seconds(self) -> float:
         return self.applied_time - self.event_time
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,7 +100,9 @@ class RerouteRecord:
             "new_nodes": list(self.new_nodes),
             "event_time": self.event_time,
             "applied_time": self.applied_time,
+            "left_time": self.left_time,
             "seconds": self.seconds,
+            "applied_seconds": self.applied_seconds,
             "closed_connections": self.closed_connections,
         }
 
@@ -408,11 +418,15 @@ class RelayController:
             old_nodes = state.nodes
             closed = 0
             ingress: tuple[str, int] | None = None
-            # The old first relay gives up its listener before a new one may bind the same port.
+            # First the relays that leave the route drop it, closing its connections there: the
+            # traffic leaves them before anything else is done (and the old first relay frees
+            # its listener before a new one may bind the same port). A site that reconnects in
+            # between is refused and retries.
+            for node in [n for n in state.pushed if n not in desired]:
+                closed += self._delete(node, state.name)
+                del state.pushed[node]
+            left = time.time()
             first = nodes[1] if nodes else None
-            if state.nodes[1:2] and state.nodes[1] != first and state.nodes[1] in state.pushed:
-                closed += self._delete(state.nodes[1], state.name)
-                state.pushed.pop(state.nodes[1], None)
             for node in reversed(nodes[1:-1]):
                 entry = desired[node]
                 if state.pushed.get(node) == entry and node != first:
@@ -426,24 +440,23 @@ class RelayController:
                 if node == first and answer.get("ingress_port"):
                     ingress = (self.relays[node].host, int(answer["ingress_port"]))
                     state.pushed[node] = RouteEntry(**{**entry.__dict__, "ingress_port": ingress[1]})
-            for node in [n for n in state.pushed if n not in desired]:
-                closed += self._delete(node, state.name)
-                del state.pushed[node]
             changed_ingress = ingress != state.ingress
             changed_route = nodes != state.nodes
             state.nodes = nodes
             state.ingress = ingress
             now = time.time()
             if old_nodes and (old_nodes != nodes or closed):
-                record = RerouteRecord(state.name, cause, old_nodes, nodes, event_time, now, closed)
+                record = RerouteRecord(state.name, cause, old_nodes, nodes, event_time, now, closed, left)
                 self.reroutes.append(record)
                 log.info(
-                    "path %s: %s -> %s after %s: traffic left the old route in %.0f ms (%d connection(s) closed)",
+                    "path %s: %s -> %s after %s: traffic left the old route's relays in %.0f ms, "
+                    "new route in place in %.0f ms (%d connection(s) closed)",
                     state.name,
                     " > ".join(old_nodes),
                     " > ".join(nodes) or "none (withdrawn)",
                     cause,
                     record.seconds * 1000,
+                    record.applied_seconds * 1000,
                     closed,
                 )
         if changed_ingress:
