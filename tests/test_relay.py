@@ -295,3 +295,36 @@ def test_layout_writes_relay_and_controller_files(tmp_path: Path) -> None:
     assert clash.exit_code == 2 and "overlap" in clash.stderr
     token = runner.invoke(app, ["relay", "token", str(tmp_path / "secret")])
     assert token.exit_code == 0 and (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_control_api_over_https_with_a_federation_certificate(tmp_path: Path) -> None:
+    import httpx
+
+    from interconnect.pki import FederationPKI
+    from interconnect.pki.tls import ssl_client_context
+    from interconnect.relay.controller_config import load_controller_config
+
+    pki = FederationPKI.create(tmp_path / "pki", name="f")
+    issued = pki.issue("relay", "router-1", ["127.0.0.1"])
+    config = RelayConfig("router-1", "127.0.0.1", 0, "127.0.0.1", 0, TOKEN, issued.cert_path, issued.key_path)
+    with BackgroundRelay(config) as relay:
+        url = relay.service.control_url
+        assert url.startswith("https://")
+        with httpx.Client(verify=ssl_client_context(ca_path=pki.ca_path)) as http:
+            client = RelayControlClient("router-1", url, TOKEN, http=http)
+            assert client.healthy() and client.routes()["paths"] == []
+        # A client that does not trust the federation CA does not talk to the relay.
+        other = FederationPKI.create(tmp_path / "other", name="o")
+        with httpx.Client(verify=ssl_client_context(ca_path=other.ca_path)) as http:
+            assert not RelayControlClient("router-1", url, TOKEN, http=http).healthy()
+    runner = CliRunner()
+    folder = tmp_path / "fed"
+    args = ["relay", "layout", str(folder), "--site", "va=hospital-va", "--aggregator-port", "9092"]
+    result = runner.invoke(app, [*args, "--pki", str(tmp_path / "pki")])
+    assert result.exit_code == 0, result.stderr
+    loaded = load_relay_config(folder / "relays" / "router-1.toml")
+    assert loaded.tls_cert == pki.get("relay", "router-1").cert_path.resolve()
+    controller = load_controller_config(folder / "controller.toml")
+    assert controller.ca_file == pki.ca_path.resolve()
+    assert controller.relays["router-2"].control_url == "https://127.0.0.1:7201"
+    assert pki.get("relay", "access-4").hosts == ("127.0.0.1",)

@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -217,7 +219,10 @@ class RelayController:
         emulate_links: bool = True,
         health_interval_s: float = 0.5,
         health_failures: int = 2,
+        control_ca: Path | None = None,
     ) -> None:
+        """``control_ca``: the federation's CA certificate, to verify relays whose control API is
+        HTTPS (with the CRL beside it); plain-HTTP control URLs need none."""
         topology = engine.topology
         problems = []
         for node in [*relays, aggregator.node, *sites.values()]:
@@ -251,7 +256,12 @@ class RelayController:
         self.health_interval_s = health_interval_s
         self.health_failures = health_failures
         self._ingress_ports = dict(ingress_ports or {})
-        self._http = httpx.Client(timeout=3.0)
+        verify: ssl.SSLContext | bool = True
+        if control_ca is not None:
+            from interconnect.pki.tls import ssl_client_context
+
+            verify = ssl_client_context(ca_path=control_ca)
+        self._http = httpx.Client(timeout=3.0, verify=verify)
         self._clients = {
             node: RelayControlClient(node, r.control_url, token, http=self._http)
             for node, r in relays.items()

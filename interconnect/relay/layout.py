@@ -44,8 +44,11 @@ def place_relays(
     return placements
 
 
-def relay_config_text(placement: RelayPlacement, host: str, token_file: str) -> str:
-    return (
+def relay_config_text(
+    placement: RelayPlacement, host: str, token_file: str, tls: tuple[str, str] | None = None
+) -> str:
+    """``tls``: (certificate, key) files for an HTTPS control API."""
+    text = (
         "[relay]\n"
         f'name = "{placement.node}"\n'
         f'host = "{host}"\n'
@@ -54,6 +57,9 @@ def relay_config_text(placement: RelayPlacement, host: str, token_file: str) -> 
         f"control_port = {placement.control_port}\n"
         f'token_file = "{token_file}"\n'
     )
+    if tls is not None:
+        text += f'tls_cert_file = "{tls[0]}"\ntls_key_file = "{tls[1]}"\n'
+    return text
 
 
 def controller_config_text(
@@ -68,7 +74,10 @@ def controller_config_text(
     min_security: float = 50.0,
     bandwidth_mbps: float = 100.0,
     max_delay_us: float = 50_000.0,
+    ca_file: str | None = None,
 ) -> str:
+    """With ``ca_file`` the relays' control APIs are HTTPS, verified against that CA."""
+    scheme = "https" if ca_file else "http"
     for site_id, node in sites.items():
         if not topology.has_node(node):
             raise LayoutError(f"site {site_id!r}: node {node!r} is not in topology {topology.name!r}")
@@ -81,6 +90,7 @@ def controller_config_text(
         f"max_delay_us = {max_delay_us:g}",
         f"min_security = {min_security:g}",
         'ingress_file = "ingress.json"',
+        *([f'ca_file = "{ca_file}"'] if ca_file else []),
         "",
         "[aggregator]",
         f'node = "{aggregator_node}"',
@@ -94,7 +104,7 @@ def controller_config_text(
             f'node = "{p.node}"',
             f'host = "{host}"',
             f"port = {p.port}",
-            f'control_url = "http://{host}:{p.control_port}"',
+            f'control_url = "{scheme}://{host}:{p.control_port}"',
         ]
     for site_id, node in sites.items():
         lines += ["", "[[site]]", f'id = "{site_id}"', f'node = "{node}"']
