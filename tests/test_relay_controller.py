@@ -71,13 +71,14 @@ class Deployment:
             'token_file = "relay.token"\n'
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "interconnect.relay", "--config", str(config)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.log = tmp_path / f"{process_node}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "interconnect.relay", "--config", str(config)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.endpoints[process_node] = RelayEndpoint(
             process_node, "127.0.0.1", port, f"http://127.0.0.1:{control_port}"
         )
@@ -215,6 +216,17 @@ def test_relay_routes_emulate_every_link_once_each_way() -> None:
         assert len(links) == len(path.route.links)
         first, last = next(iter(entries.values())), list(entries.values())[-1]
         assert first.ingress_port == 0 and last.next_hop == ("127.0.0.1", 9092) and not last.next_is_relay
+    strict = RelayController(
+        SecurePathEngine(*load_scenario("demo", NVD)),
+        endpoints,
+        sites={"cleveland": "hospital-cleveland"},
+        aggregator=AggregatorEndpoint("aggregator", "127.0.0.1", 9092),
+        token="x" * 32,
+        min_security=100,  # every way out of access-1 crosses a router with a CVE
+    )
+    with pytest.raises(ControllerError, match="site 'cleveland': no path"):
+        strict.start()
+    strict.stop()
     with pytest.raises(ControllerError, match="no relay for router-6"):
         RelayController(
             engine,

@@ -22,7 +22,6 @@ compares what each relay should hold for a path (computed from the engine's curr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import ssl
@@ -35,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from interconnect.pce.engine import Event, InstalledPath, PathStatus, SecurePathEngine
+from interconnect.pce.engine import Event, InstalledPath, NoPathError, PathStatus, SecurePathEngine
 from interconnect.pce.errors import PathExistsError
 from interconnect.pce.routing import PathRequest, Route
 from interconnect.pce.topology import NodeKind, Topology
@@ -296,8 +295,16 @@ class RelayController:
                 self.max_delay_us,
                 self.min_security,
             )
-            with contextlib.suppress(PathExistsError):  # kept from an earlier run of the controller
+            try:
                 self.engine.install(request)
+            except PathExistsError:  # kept from an earlier run of the controller
+                pass
+            except NoPathError as exc:
+                # No route at start is a configuration problem (a wrong node, a threshold no path
+                # meets): refuse to start rather than run a federation with a site cut off.
+                self._subscription.close()
+                self._subscription = None
+                raise ControllerError(f"site {state.site_id!r}: {exc}") from None
             self._sync(state, cause="installed", event_time=time.time())
         self._threads = [
             threading.Thread(target=self._work, name="relay-controller", daemon=True),
