@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
 from paroma.cli_relay import relay_app
 
 if __name__ == "__main__":
-    relay_app(["run", *__import__("sys").argv[1:]], prog_name="python -m interconnect.relay")
+    relay_app(["run", *sys.argv[1:]], prog_name="python -m interconnect.relay")
