@@ -89,7 +89,7 @@ def wait(config: FederationConfig, submitted: SubmittedJob, *, timeout_s: float 
         if submitted.result_path.is_file():
             data = json.loads(submitted.result_path.read_text())
             return data if isinstance(data, dict) else {}
-        if time.monotonic() - checked > 10:
+        if time.monotonic() - checked > 30:
             checked = time.monotonic()
             state = run_status(config, submitted.run_id)
             if state.startswith("finished") and not submitted.result_path.is_file():
