@@ -29,7 +29,7 @@ import httpx
 
 from . import netns as netns_mod
 from .federation_config import FederationConfig
-from .processes import ProcessRecord, is_running, log_tail, read_record, start_detached, stop
+from .processes import ProcessRecord, is_running, log_tail, read_record, start_detached, stop, stop_all
 from .services import HealthCheck, Service, base_env, bin_path, plan
 from .workdir import (
     RELAY_CONTROL_FILE,
@@ -131,6 +131,10 @@ def up(
     workdir.root.mkdir(parents=True, exist_ok=True)
     _write_state(workdir, {"netns": netns, "services": []})
     workdir, creds = prepare(config, echo)
+    # Each `up` starts Flower's state afresh (runs and registered SuperNodes); the SuperLink's
+    # database survives only its own restarts in between (`restart`).
+    for stale in workdir.flwr_home("superlink").glob("state.db*"):
+        stale.unlink()
     services = plan(config, workdir, creds, netns=netns)
     _write_state(
         workdir,
@@ -327,10 +331,13 @@ def down(config: FederationConfig) -> list[str]:
     # Pid files of services a changed config no longer names are stopped too.
     if workdir.run.is_dir():
         names += [p.stem for p in sorted(workdir.run.glob("*.pid")) if p.stem not in names]
-    for name in reversed(names):
-        record = read_record(workdir.pid(name))
-        if record is not None and stop(record):
-            stopped.append(name)
+    # The SuperNodes first (so that none reports a SuperLink gone), then the rest at once.
+    records = {n: r for n in names if (r := read_record(workdir.pid(n))) is not None}
+    first = [r for n, r in records.items() if n.startswith("supernode-")]
+    rest = [r for n, r in records.items() if not n.startswith("supernode-")]
+    for batch in (first, rest):
+        stopped += [r.name for r in stop_all(batch)]
+    for name in names:
         workdir.pid(name).unlink(missing_ok=True)
     for ns in netns_mod.namespaces(config):
         if os.geteuid() == 0 and netns_mod.exists(ns):
