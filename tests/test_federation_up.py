@@ -36,7 +36,10 @@ from interconnect.pki import create_supernode_auth_key
 from paroma.demo import demo_job
 from protection_layer.audit import AuditLog
 
-pytestmark = pytest.mark.slow
+# A real federation's rounds take minutes on a loaded 2-core machine: the project's 600 s
+# per-test limit (pyproject) would cut the fixture's `up` plus a job; pytest-timeout's own
+# marker gives these tests a larger one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PAROMA = str(Path(sys.executable).with_name("paroma"))
