@@ -89,6 +89,7 @@ def test_stop_ends_the_whole_process_tree_and_a_reused_pid_is_not_taken_for_the_
     assert not is_running(replace(record, pid=1))
 
 
+@pytest.mark.slow
 def test_up_stops_with_the_failing_service_named_and_leaves_nothing_running(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
