@@ -104,7 +104,9 @@ def plan(
                     str(workdir.relays / f"{node}.toml"),
                 ),
                 address=f"{relay_host}:{config.relay_port(node)}",
-                health=HealthCheck("http", config.host, config.relay_control_port(node), "/healthz"),
+                health=HealthCheck(
+                    "https", config.host, config.relay_control_port(node), "/healthz", creds.ca
+                ),
                 env=env,
             )
         )

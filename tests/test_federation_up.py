@@ -151,8 +151,10 @@ def controller(config: FederationConfig) -> dict[str, Any]:
 
 def relay_table(config: FederationConfig, node: str) -> dict[str, Any]:
     token = (Workdir(config.workdir).relays / RELAY_CONTROL_FILE).read_text().strip()
-    url = f"http://{config.host}:{config.relay_control_port(node)}/routes"
-    response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    url = f"https://{config.host}:{config.relay_control_port(node)}/routes"
+    response = httpx.get(
+        url, headers={"Authorization": f"Bearer {token}"}, verify=ca_context(config), timeout=10
+    )
     response.raise_for_status()
     return dict(response.json())
 
