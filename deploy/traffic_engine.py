@@ -62,6 +62,10 @@ def build_controller(config: FederationConfig, netns: bool) -> tuple[Any, Any, A
         ingress_ports={s.id: s.ingress_port for s in config.sites},
         emulate_links=config.relays.emulate_links,
         control_ca=Workdir(config.workdir).pki / "ca.pem",
+        # A relay is set down after 3 missed health checks a second apart: a busy machine's slow
+        # TLS handshake is not a dead relay.
+        health_interval_s=1.0,
+        health_failures=3,
     )
     return engine, nvd, controller
 
