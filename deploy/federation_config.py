@@ -8,8 +8,13 @@ fixes a file in one pass. Shape (``deploy/federations/local-4.toml`` is the defa
     [federation]  name, workdir, topology, host, min_security
     [aggregator]  node, superlink_port
     [pce]         port
-    [relays]      base_port, bandwidth_mbps, max_delay_us
-    [[site]]      id, node, data, consent, fhir_port, supernode_port, netns_address
+    [relays]      base_port, control_base_port, bandwidth_mbps, max_delay_us, emulate_links
+    [[site]]      id, node, data, consent, fhir_port, supernode_port, ingress_port, netns_address
+
+Every router and access node of the topology runs a relay (they are the nodes a path crosses);
+the i-th of them in the topology file's order listens on ``base_port + i`` and takes its
+controller's orders on ``control_base_port + i``. A site's SuperNode dials its path's ingress,
+``ingress_port`` on the first relay of its path.
 
 Relative paths (``workdir``, a topology or data file) are relative to the config file.
 """
@@ -47,8 +52,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "federation": ("name", "workdir", "topology", "host", "min_security"),
     "aggregator": ("node", "superlink_port"),
     "pce": ("port",),
-    "relays": ("base_port", "bandwidth_mbps", "max_delay_us"),
-    "site": ("id", "node", "data", "consent", "fhir_port", "supernode_port", "netns_address"),
+    "relays": ("base_port", "control_base_port", "bandwidth_mbps", "max_delay_us", "emulate_links"),
+    "site": ("id", "node", "data", "consent", "fhir_port", "supernode_port", "ingress_port", "netns_address"),
 }
 
 
@@ -98,6 +103,7 @@ class SiteConfig:
     consent: ConsentSource
     fhir_port: int
     supernode_port: int
+    ingress_port: int
     # The site's own address inside its network namespace (``--netns``); the host side of
     # its veth pair is the next lower address of the same /30.
     netns_address: str
@@ -118,8 +124,11 @@ class AggregatorConfig:
 @dataclass(frozen=True)
 class RelayConfig:
     base_port: int
+    control_base_port: int
     bandwidth_mbps: float
     max_delay_us: float
+    # Relays hold each hop's delay and capacity (the topology's) when true.
+    emulate_links: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,19 @@ class FederationConfig:
     pce_port: int
     relays: RelayConfig
     sites: tuple[SiteConfig, ...]
-    # The topology's routers in file order: the i-th one's relay listens on base_port + i.
+    # The topology's routers and access nodes in file order, each running a relay: the i-th
+    # listens on base_port + i.
     routers: tuple[str, ...]
+
+    @property
+    def relay_nodes(self) -> tuple[str, ...]:
+        return self.routers
 
     def relay_port(self, router: str) -> int:
         return self.relays.base_port + self.routers.index(router)
+
+    def relay_control_port(self, router: str) -> int:
+        return self.relays.control_base_port + self.routers.index(router)
 
     @property
     def relay_ports(self) -> dict[str, int]:
@@ -201,6 +218,11 @@ def parse_federation_config(data: Mapping[str, Any], source: Path) -> Federation
     base_port = fields.port(rel, "relays.base_port", default=7100)
     bandwidth = fields.number(rel, "relays.bandwidth_mbps", 0.0, 10_000_000.0, default=100.0, open_low=True)
     max_delay = fields.number(rel, "relays.max_delay_us", 0.0, 10_000_000.0, default=50_000.0, open_low=True)
+    control_base_port = fields.port(rel, "relays.control_base_port", default=(base_port or 7100) + 100)
+    emulate_links = rel.get("emulate_links", True)
+    if not isinstance(emulate_links, bool):
+        problems.append(("relays.emulate_links", f"expected true or false, got {emulate_links!r}"))
+        emulate_links = True
 
     topology: Topology | None = None
     topology_stored = topology_ref
@@ -213,9 +235,10 @@ def parse_federation_config(data: Mapping[str, Any], source: Path) -> Federation
             problems.append(("federation.topology", str(exc)))
     if topology is not None and aggregator_node:
         _check_node(topology, aggregator_node, "aggregator.node", problems)
-    routers = tuple(n.id for n in topology.nodes if n.kind == NodeKind.ROUTER) if topology else ()
+    relaying = (NodeKind.ROUTER, NodeKind.ACCESS)
+    routers = tuple(n.id for n in topology.nodes if n.kind in relaying) if topology else ()
 
-    sites = _sites(data.get("site"), base, topology, fields, problems)
+    sites = _sites(data.get("site"), base, topology, (base_port or 7100) + 200, fields, problems)
 
     # Every listening port of the deployment is distinct (they share one host address).
     owners: dict[int, str] = {}
@@ -235,9 +258,17 @@ def parse_federation_config(data: Mapping[str, Any], source: Path) -> Federation
             problems.append(("relays.base_port", f"{base_port} + {len(routers)} relays passes port 65535"))
         for i, router in enumerate(routers):
             claim(base_port + i, f"relays.base_port (relay of {router})")
+    if control_base_port > 0:
+        if control_base_port + len(routers) - 1 > 65535:
+            problems.append(
+                ("relays.control_base_port", f"{control_base_port} + {len(routers)} relays passes 65535")
+            )
+        for i, router in enumerate(routers):
+            claim(control_base_port + i, f"relays.control_base_port (control of {router})")
     for i, site in enumerate(sites):
         claim(site.fhir_port, f"site[{i}].fhir_port")
         claim(site.supernode_port, f"site[{i}].supernode_port")
+        claim(site.ingress_port, f"site[{i}].ingress_port")
 
     if problems:
         raise FederationConfigError(problems, source)
@@ -250,14 +281,19 @@ def parse_federation_config(data: Mapping[str, Any], source: Path) -> Federation
         min_security=min_security,
         aggregator=AggregatorConfig(aggregator_node, superlink_port),
         pce_port=pce_port,
-        relays=RelayConfig(base_port, bandwidth, max_delay),
+        relays=RelayConfig(base_port, control_base_port, bandwidth, max_delay, emulate_links),
         sites=tuple(sites),
         routers=routers,
     )
 
 
 def _sites(
-    raw: Any, base: Path, topology: Topology | None, fields: _Fields, problems: list[tuple[str, str]]
+    raw: Any,
+    base: Path,
+    topology: Topology | None,
+    ingress_base: int,
+    fields: _Fields,
+    problems: list[tuple[str, str]],
 ) -> list[SiteConfig]:
     if raw is None:
         problems.append(("site", "no [[site]] table: a federation needs at least one site"))
@@ -299,6 +335,7 @@ def _sites(
         )
         fhir_port = fields.port(item, f"{where}.fhir_port")
         supernode_port = fields.port(item, f"{where}.supernode_port", default=SUPERNODE_BASE_PORT + i)
+        ingress_port = fields.port(item, f"{where}.ingress_port", default=ingress_base + i)
         default_address = str(NETNS_NETWORK.network_address + 4 * i + 2)
         address = fields.text(item, f"{where}.netns_address", default=default_address)
         if address:
@@ -309,7 +346,9 @@ def _sites(
                 )
             seen_addresses.setdefault(address, i)
         if data is not None and consent is not None:
-            sites.append(SiteConfig(site_id, node, data, consent, fhir_port, supernode_port, address))
+            sites.append(
+                SiteConfig(site_id, node, data, consent, fhir_port, supernode_port, ingress_port, address)
+            )
     return sites
 
 

@@ -12,6 +12,8 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
+from paroma.cli_pki import pki_app
+from paroma.cli_relay import relay_app
 from paroma.cli_scenario import data_synthetic, scenario_app
 
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
@@ -22,6 +24,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pce_app, name="pce")
+app.add_typer(pki_app, name="pki")
+app.add_typer(relay_app, name="relay")
 app.add_typer(scenario_app, name="scenario")
 data_app.command("synthetic")(data_synthetic)
 

@@ -61,8 +61,14 @@ def test_default_config_describes_the_four_uci_hospitals_on_the_demo_network() -
         "uci:switzerland",
         "uci:va",
     ]
-    assert config.routers == tuple(f"router-{i}" for i in range(1, 7))
+    # Every router and access node relays, in the topology file's order.
+    assert config.relay_nodes == (
+        *(f"router-{i}" for i in range(1, 7)),
+        *(f"access-{i}" for i in range(1, 5)),
+    )
     assert config.relay_port("router-3") == config.relays.base_port + 2
+    assert config.relay_control_port("access-1") == config.relays.control_base_port + 6
+    assert [s.ingress_port for s in config.sites] == [7300, 7301, 7302, 7303]
     assert config.workdir == (DEFAULT_CONFIG.parent / "../../.paroma/local-4").resolve()
 
 
@@ -75,6 +81,7 @@ def test_relative_paths_resolve_against_the_file_and_defaults_fill_in(tmp_path: 
     assert va.data.kind == "synthetic" and va.data.patients == 40
     assert va.consent.mix is not None and va.consent.mix.permit == pytest.approx(0.9)
     assert va.supernode_port == 9401 and va.netns_address == "10.77.0.6"
+    assert va.ingress_port == 17301 and config.relays.control_base_port == 17200
     assert va.netns_host_address == "10.77.0.5"
 
 
