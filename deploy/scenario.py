@@ -215,13 +215,15 @@ def parse_scenario(data: Any, base: Path | None = None, source: Path | None = No
             )
 
     sites: list[ScenarioSite] = []
+    seen: set[str] = set()
     for i, raw in enumerate(_tables(data, "site", problems)):
         where = f"site[{i}]."
         sid = text(raw, "id", where)
         if sid and not _SITE_ID.match(sid):
             problems.append((f"{where}id", f"{sid!r}: use 1-63 lowercase letters, digits and '-'"))
-        if sid and any(s.id == sid for s in sites):
+        if sid in seen:
             problems.append((f"{where}id", f"site {sid!r} is declared twice"))
+        seen.add(sid)
         data_text = raw.get("data")
         source_: DataSource | None = None
         try:

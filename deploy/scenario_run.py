@@ -326,15 +326,29 @@ def build_scenario_sites(scenario: Scenario, root: Path) -> list[Path]:
     ]
 
 
+def copy_sites(scenario: Scenario, source: Path, root: Path) -> list[Path]:
+    """The scenario's site folders copied from ``source`` (each must exist there)."""
+    import shutil
+
+    missing = [s.id for s in scenario.sites if not (source / s.id / "site.toml").is_file()]
+    if missing:
+        raise ScenarioError([("site", f"{source} has no site folder for {', '.join(missing)}")])
+    if root.exists():
+        shutil.rmtree(root)
+    return [Path(shutil.copytree(source / s.id, root / s.id)) for s in scenario.sites]
+
+
 def run_scenario(
     scenario: Scenario,
     out: Path,
     *,
     local_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
+    sites_from: Path | None = None,
 ) -> ScenarioRun:
-    """Build the sites under ``out/sites``, run the scenario, write ``out/run.json`` and
-    ``out/report.html``."""
+    """Build the sites under ``out/sites`` (or copy them from ``sites_from``, a folder of site
+    folders built for the same ``[[site]]`` tables), run the scenario, write ``out/run.json``
+    and ``out/report.html``."""
     from clinical_node.runtime import forget_nodes
     from deploy.scenario_report import write_report
 
@@ -345,7 +359,11 @@ def run_scenario(
     job = scenario_job(scenario, local_steps)
     network = Network(scenario) if any(s.node for s in scenario.sites) else None
     say(f"scenario {scenario.name}: building {len(scenario.sites)} site(s) under {out / 'sites'}")
-    site_dirs = build_scenario_sites(scenario, out / "sites")
+    site_dirs = (
+        copy_sites(scenario, sites_from, out / "sites")
+        if sites_from is not None
+        else build_scenario_sites(scenario, out / "sites")
+    )
     model_bytes = _model_bytes(job)
     mods = [poisoning_mod(scenario.attacks)] if scenario.attacks else None
     grid = _ScenarioGrid(build_client_app([str(p) for p in site_dirs], mods), len(site_dirs))
