@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from clinical_node.plans import TrainingPlan
 from paroma.jobspec import JobSpec, parse_job_spec
 
 from .federation import FederationObserver, FederationResult, run_federation
+from .progress import ProgressFile
 
 log = logging.getLogger("paroma.aggregator")
 
@@ -58,13 +60,19 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         spec = job or job_from_run_config(dict(context.run_config))
-        result = run_federation(grid, spec, observer=observer, expected_sites=expected_sites)
+        out = str(context.run_config.get("output-dir", "") or "")
+        # A deployment's run says how many sites to wait for before admission.
+        expected = expected_sites or int(context.run_config.get("expected-sites", 0) or 0) or None
+        watcher = ProgressFile(Path(out), observer) if out else observer
+        result = run_federation(grid, spec, observer=watcher, expected_sites=expected)
         if results is not None:
             results.append(result)
-        out = str(context.run_config.get("output-dir", "") or "")
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "federation.json").write_text(json.dumps(result.to_dict(), indent=2))
+            # Whole or not at all: a deployment waits for this file to appear.
+            tmp = Path(out) / ".federation.json.tmp"
+            tmp.write_text(json.dumps(result.to_dict(), indent=2))
+            os.replace(tmp, Path(out) / "federation.json")
         log.info("job %s %s %s", spec.name, result.status, result.reason)
 
     return app

@@ -117,23 +117,25 @@ def process_tree(pid: int) -> list[int]:
 def stop(record: ProcessRecord, *, grace_s: float = 5.0) -> bool:
     """Stop the service and everything it started: SIGTERM to the whole tree, SIGKILL to what
     is left after ``grace_s``. Returns whether the service was running."""
-    if not is_running(record):
-        return False
-    tree = process_tree(record.pid)
+    return bool(stop_all([record], grace_s=grace_s))
+
+
+def stop_all(records: Sequence[ProcessRecord], *, grace_s: float = 5.0) -> list[ProcessRecord]:
+    """Stop several services at once (their grace periods overlap); returns those that ran."""
+    running = [r for r in records if is_running(r)]
+    tree = [p for r in running for p in process_tree(r.pid)]
     _signal_all(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        alive = [p for p in tree if _alive(p)]
-        if not alive:
-            return True
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
         time.sleep(0.05)
     # Descendants started after the first walk are found by walking again from the survivors.
     survivors = {q for p in tree if _alive(p) for q in process_tree(p)}
-    _signal_all(sorted(survivors), signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline and any(_alive(p) for p in survivors):
-        time.sleep(0.05)
-    return True
+    if survivors:
+        _signal_all(sorted(survivors), signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(_alive(p) for p in survivors):
+            time.sleep(0.05)
+    return running
 
 
 def kill_now(record: ProcessRecord) -> None:

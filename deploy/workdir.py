@@ -48,6 +48,7 @@ FLOWER_APP_CONFIG = {
     "sites-root": "",
     "job-spec": "",
     "output-dir": "",
+    "expected-sites": 0,
 }
 
 

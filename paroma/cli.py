@@ -12,6 +12,7 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
+from paroma.cli_federation import down, fed_app, status, up
 from paroma.cli_pki import pki_app
 from paroma.cli_relay import relay_app
 from paroma.cli_scenario import data_synthetic, scenario_app
@@ -26,6 +27,10 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(pce_app, name="pce")
 app.add_typer(pki_app, name="pki")
 app.add_typer(relay_app, name="relay")
+app.command("up")(up)
+app.command("down")(down)
+app.command("status")(status)
+app.add_typer(fed_app, name="fed")
 app.add_typer(scenario_app, name="scenario")
 data_app.command("synthetic")(data_synthetic)
 
@@ -163,18 +168,32 @@ def node_serve(
     folder: Path,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="the certificate's private key (PEM)")] = None,
 ) -> None:
-    """Serve the site's FHIR API."""
+    """Serve the site's FHIR API (HTTPS with --ssl-certfile and --ssl-keyfile)."""
     import uvicorn
 
     from clinical_node.service import create_app
     from clinical_node.site import Site, SiteError
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        fail("--ssl-certfile and --ssl-keyfile go together")
+    for option, path in (("--ssl-certfile", ssl_certfile), ("--ssl-keyfile", ssl_keyfile)):
+        if path is not None and not path.is_file():
+            fail(f"{option} {path}: no such file")
     try:
         site = Site.open(folder)
     except SiteError as exc:
         fail(str(exc))
-    uvicorn.run(create_app(site), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(site),
+        host=host,
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+    )
 
 
 @data_app.command("uci-to-fhir")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from interconnect.pki.authority import IssuedCert
+from interconnect.pki.authority import CRL_FILE, IssuedCert
 from interconnect.pki.errors import PkiError
 
 
@@ -59,15 +59,14 @@ def ssl_client_context(
             "a TLS client needs the federation's CA certificate (ca_path) or an issued certificate"
         )
     ca = ca_path or (issued.ca_path if issued else None)
-    crl = crl_path or (issued.crl_path if issued else None)
     assert ca is not None
+    # The federation folder keeps its CRL beside the CA certificate.
+    crl = crl_path or (issued.crl_path if issued else ca.with_name(CRL_FILE))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     _trust(context, ca, crl if check_crl else None)
-    if check_crl and crl is None:
-        raise PkiError("CRL checking needs the federation's CRL (crl_path)")
     if issued is not None:
         _identity(context, issued)
     return context
