@@ -12,6 +12,7 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
+from paroma.cli_deploy import deploy_app
 from paroma.cli_federation import down, fed_app, status, up
 from paroma.cli_pki import pki_app
 from paroma.cli_relay import relay_app
@@ -32,6 +33,7 @@ app.command("down")(down)
 app.command("status")(status)
 app.add_typer(fed_app, name="fed")
 app.add_typer(scenario_app, name="scenario")
+app.add_typer(deploy_app, name="deploy")
 data_app.command("synthetic")(data_synthetic)
 
 

@@ -35,7 +35,10 @@ def test_problems_are_named_by_field() -> None:
         ],
         "churn": [{"from_round": 1, "revoke_fraction": 1.5, "sites": ["zz"]}],
         "attack": [{"site": "nobody", "kind": "flip"}],
-        "network": [{"round": 9, "event": "meteor"}, {"round": 1, "event": "cve", "node": "r", "cve": "nope"}],
+        "network": [
+            {"round": 9, "event": "meteor"},
+            {"round": 1, "event": "cve", "node": "r", "cve": "nope"},
+        ],
         "extra": {},
     }
     with pytest.raises(ScenarioError) as err:
@@ -123,14 +126,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioRun]:
     template = build_scenario_sites(load_scenario(SHIPPED / "baseline.toml"), root / "template")[0].parent
     return {
         name: run_scenario(
-            reduced(load_scenario(SHIPPED / f"{name}.toml"), 2), root / name, local_steps=5, sites_from=template
+            reduced(load_scenario(SHIPPED / f"{name}.toml"), 2),
+            root / name,
+            local_steps=5,
+            sites_from=template,
         )
         for name in NAMES
     }
 
 
 def _images(report: Path) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', report.read_text())]
+    return [
+        base64.b64decode(m)
+        for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', report.read_text())
+    ]
 
 
 @pytest.mark.slow

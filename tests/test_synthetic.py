@@ -51,6 +51,7 @@ def test_marginals_missingness_and_correlation_follow_the_hospital(hospital: str
         real_missing = 1 - a.size / len(real)
         if name != "age":
             assert abs((1 - b.size / len(fake)) - real_missing) < 0.03, name
+
     # The diagnosis goes with exercise angina as in the data (rank correlation, same sign and size).
     def corr(rows: list[dict[str, str | None]]) -> float:
         pairs = np.array([(float(r["exang"]), float(r["num"])) for r in rows if r["exang"] and r["num"]])
@@ -87,7 +88,9 @@ def test_bad_arguments_are_named() -> None:
 
 def test_cli_writes_one_bundle_per_site(tmp_path: Path) -> None:
     out = tmp_path / "bundles"
-    result = CliRunner().invoke(app, ["data", "synthetic", "--sites", "3", "--patients", "20", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["data", "synthetic", "--sites", "3", "--patients", "20", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     files = sorted(out.glob("*.json"))
     assert [f.name for f in files] == ["synth-001.json", "synth-002.json", "synth-003.json"]
