@@ -84,8 +84,17 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8585,
     nvd_online: NvdOnline = False,
     nvd_cache: NvdCacheDir = None,
+    relays: Annotated[
+        Path | None,
+        typer.Option(
+            "--relays", help="also control the relays described in this TOML file (interconnect.relay)"
+        ),
+    ] = None,
 ) -> None:
-    """Serve the Secure Traffic Engine GUI and REST API (http://localhost:8585, OpenAPI at /docs)."""
+    """Serve the Secure Traffic Engine GUI and REST API (http://localhost:8585, OpenAPI at /docs).
+
+    With --relays the engine is also the relays' controller: it installs each site's path, pushes
+    the routes to the relays and moves them when paths move (state at /api/transport)."""
     import uvicorn
 
     from interconnect.pce.nvd import NVD_NOTICE
@@ -93,6 +102,19 @@ def serve(
 
     nvd = _nvd(nvd_online, nvd_cache)
     engine = _engine(topology, nvd)
+    controller = None
+    if relays is not None:
+        from interconnect.relay.controller import ControllerError
+        from interconnect.relay.controller_config import (
+            ControllerConfigError,
+            controller_from_config,
+            load_controller_config,
+        )
+
+        try:
+            controller = controller_from_config(engine, load_controller_config(relays))
+        except (ControllerConfigError, ControllerError) as exc:
+            fail(str(exc))
     typer.echo(
         f"Secure Traffic Engine on http://{host}:{port} — {engine.topology.name}: "
         f"{len(engine.topology.nodes)} nodes, {len(engine.topology.links)} links"
@@ -100,7 +122,11 @@ def serve(
     typer.echo(NVD_NOTICE)
     # Open GUIs hold an event stream each: do not wait for them on Ctrl-C.
     uvicorn.run(
-        create_app(engine, nvd), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
+        create_app(engine, nvd, controller=controller),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
     )
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -182,7 +182,30 @@ def event_frame(event: Event) -> str:
 # ------------------------------------------------------------------ the app
 
 
-def create_app(engine: SecurePathEngine, nvd: NvdClient) -> FastAPI:
+class TransportController(Protocol):
+    """What the engine's process runs beside the API when it also controls the relays
+    (``interconnect.relay.RelayController``): started with the app, stopped with it."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def create_app(
+    engine: SecurePathEngine, nvd: NvdClient, *, controller: TransportController | None = None
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if controller is not None:
+            await asyncio.to_thread(controller.start)
+        try:
+            yield
+        finally:
+            if controller is not None:
+                await asyncio.to_thread(controller.stop)
+
     app = FastAPI(
         title="PAROMA-MED Secure Traffic Engine",
         description=(
@@ -190,6 +213,7 @@ def create_app(engine: SecurePathEngine, nvd: NvdClient) -> FastAPI:
             + NVD_NOTICE
         ),
         version="1.0",
+        lifespan=lifespan,
     )
     install_problem_handlers(app)
 
@@ -210,6 +234,8 @@ def create_app(engine: SecurePathEngine, nvd: NvdClient) -> FastAPI:
     app.include_router(_path_router(engine))
     app.include_router(_cve_router(nvd))
     app.include_router(_event_router(engine))
+    if controller is not None:
+        app.include_router(_transport_router(controller))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -419,5 +445,16 @@ def _event_router(engine: SecurePathEngine) -> APIRouter:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    return router
+
+
+def _transport_router(controller: TransportController) -> APIRouter:
+    router = APIRouter(prefix="/api/transport", tags=["relays"])
+
+    @router.get("")
+    def transport() -> dict[str, Any]:
+        """The relays the engine controls: their health, each site's path and ingress, the re-routes."""
+        return controller.status()
 
     return router

@@ -14,19 +14,26 @@ class RelayControlError(Exception):
 
 
 class RelayControlClient:
-    def __init__(self, name: str, url: str, token: str, *, timeout: float = 3.0) -> None:
+    """One relay's control API. Clients of one controller share an ``httpx.Client`` (``http``):
+    building one costs a TLS context, far more than a request on a local port."""
+
+    def __init__(
+        self, name: str, url: str, token: str, *, timeout: float = 3.0, http: httpx.Client | None = None
+    ) -> None:
         self.name = name
         self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        self._own = http is None
+        self._client = http if http is not None else httpx.Client(timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = timeout
 
     def close(self) -> None:
-        self._client.close()
+        if self._own:
+            self._client.close()
 
     def healthy(self, timeout: float = 1.0) -> bool:
         try:
-            response = self._client.get("/healthz", timeout=timeout)
+            response = self._client.get(f"{self.url}/healthz", timeout=timeout)
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and response.json().get("relay") == self.name
@@ -47,7 +54,9 @@ class RelayControlClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            response = self._client.request(method, path, json=body)
+            response = self._client.request(
+                method, f"{self.url}{path}", json=body, headers=self._headers, timeout=self._timeout
+            )
         except httpx.HTTPError as exc:
             raise RelayControlError(f"relay {self.name} at {self.url}: {exc}") from None
         if response.status_code >= 400:

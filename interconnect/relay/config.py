@@ -69,7 +69,7 @@ def load_relay_config(path: Path | str) -> RelayConfig:
     if not isinstance(token_file, str) or not token_file:
         problems.append("relay.token_file: the path of the control secret is required")
     else:
-        token = _token(path.parent / token_file, problems)
+        token = read_secret(path.parent / token_file, problems)
     if problems:
         raise RelayConfigError(f"{path}: " + "; ".join(problems))
     assert isinstance(name, str)
@@ -95,12 +95,12 @@ def _port(value: Any, where: str, problems: list[str]) -> int:
     return value
 
 
-def _token(path: Path, problems: list[str]) -> str:
+def read_secret(path: Path, problems: list[str], where: str = "relay.token_file") -> str:
     try:
         mode = path.stat().st_mode
         token = path.read_text().strip()
     except OSError as exc:
-        problems.append(f"relay.token_file: {path}: {exc.strerror}")
+        problems.append(f"{where}: {path}: {exc.strerror}")
         return ""
     if stat.S_IMODE(mode) & 0o077:
         problems.append(

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from interconnect.pce.engine import Event, InstalledPath, PathStatus, SecurePathEngine
 from interconnect.pce.errors import PathExistsError
 from interconnect.pce.routing import PathRequest, Route
@@ -239,7 +241,11 @@ class RelayController:
         self.health_interval_s = health_interval_s
         self.health_failures = health_failures
         self._ingress_ports = dict(ingress_ports or {})
-        self._clients = {node: RelayControlClient(node, r.control_url, token) for node, r in relays.items()}
+        self._http = httpx.Client(timeout=3.0)
+        self._clients = {
+            node: RelayControlClient(node, r.control_url, token, http=self._http)
+            for node, r in relays.items()
+        }
         self._paths = {site_id: _PathState(site_id, path_name(site_id)) for site_id in sites}
         self._by_name = {state.name: state for state in self._paths.values()}
         self._events: queue.Queue[Event | None] = queue.Queue()
@@ -296,8 +302,7 @@ class RelayController:
                     self.engine.remove(state.name)
                 except Exception:  # already gone
                     log.debug("path %s was not installed", state.name)
-        for client in self._clients.values():
-            client.close()
+        self._http.close()
 
     # ------------------------------------------------------------------ reading
 

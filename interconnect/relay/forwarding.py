@@ -169,7 +169,10 @@ class Direction:
             if self.src.closed or not transport.can_write_eof():
                 transport.close()
             else:
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer went away meanwhile
+                    transport.abort()
         self.on_finished()
 
     def _update_reading(self) -> None:

@@ -121,16 +121,29 @@ class BackgroundRelay:
         """Run a coroutine on the relay's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(_await(fn), self._loop).result(timeout)
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self.service.stop)
-            self._thread.join(10)
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._loop.call_soon_threadsafe(self.service.stop)
+            if wait:
+                self._thread.join(10)
+
+    def join(self, timeout: float = 10) -> None:
+        self._thread.join(timeout)
 
     def __enter__(self) -> BackgroundRelay:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_all(relays: list[BackgroundRelay]) -> None:
+    """Stop several relays at once (each takes a moment to close its control API)."""
+    for relay in relays:
+        relay.stop(wait=False)
+    for relay in relays:
+        relay.join()
 
 
 async def _await(fn: Callable[[], Awaitable[T]]) -> T:
