@@ -188,7 +188,7 @@ def render(run: ScenarioRun) -> str:
                 else "no DP asked by the job"
             )
             + f". Status: {fed.status}{': ' + fed.reason if fed.reason else ''}. "
-            f"Ran in {run.seconds:.1f} s on the in-process runtime; model {run.model_bytes} bytes."
+            f"Ran in {run.seconds:.1f} s on the {run.runtime} runtime; model {run.model_bytes} bytes."
         )
         + "</p>",
         "<h2>Sites</h2>",

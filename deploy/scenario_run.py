@@ -77,6 +77,7 @@ class ScenarioRun:
     model_bytes: int
     seconds: float
     out: Path
+    runtime: str = "in-process"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class ScenarioRun:
             "attacks": [a.__dict__ for a in self.scenario.attacks],
             "model_bytes": self.model_bytes,
             "seconds": self.seconds,
+            "runtime": self.runtime,
         }
 
 

@@ -86,24 +86,39 @@ def run(
 
     scenario = _load(file)
     assert isinstance(scenario, Scenario)
-    if deploy:
-        from deploy.scenario_deploy import DeployUnavailable, run_deployed
-
-        try:
-            run_deployed(scenario)
-        except DeployUnavailable as exc:
-            _fail(str(exc))
-        return
     if rounds is not None:
         scenario = reduced(scenario, rounds)
     folder = out or Path("paroma-output") / f"scenario-{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if deploy:
+        from deploy.scenario_deploy import DeployUnavailable, run_deployed, unsupported
+
+        if unsupported(scenario):
+            _fail(
+                f"scenario {scenario.name}: --deploy does not run " + "; ".join(unsupported(scenario))
+                + "; run it without --deploy (in-process runtime)"
+            )  # fmt: skip
+        try:
+            result = run_deployed(scenario, folder, local_steps=local_steps, progress=typer.echo)
+        except DeployUnavailable as exc:
+            _fail(str(exc), 1)
+        except ScenarioError as exc:
+            _fail(f"{file}: " + "; ".join(f"{f}: {m}" for f, m in exc.problems))
+        _summary(scenario.name, result)
+        return
     try:
         result = run_scenario(scenario, folder, local_steps=local_steps, progress=typer.echo)
     except ScenarioError as exc:
         _fail(f"{file}: " + "; ".join(f"{f}: {m}" for f, m in exc.problems))
+    _summary(scenario.name, result)
+
+
+def _summary(name: str, result: object) -> None:
+    from deploy.scenario_run import ScenarioRun
+
+    assert isinstance(result, ScenarioRun)
     fed = result.federation
     typer.echo(
-        f"{scenario.name}: {fed.status}"
+        f"{name}: {fed.status}"
         + (f" ({fed.reason})" if fed.reason else "")
         + (f", final mean accuracy {fed.rounds[-1].mean_accuracy:.3f}" if fed.rounds else "")
     )

@@ -113,10 +113,17 @@ def test_cli_names_the_problem_and_exits_non_zero(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "nowhere.toml" in missing.output
 
 
-def test_deploy_refuses_clearly_without_the_multi_process_runtime() -> None:
-    result = CliRunner().invoke(app, ["scenario", "run", "baseline", "--deploy"])
-    assert result.exit_code == 2
-    assert "--deploy" in result.output and "without --deploy" in result.output
+def test_deploy_refuses_what_the_multi_process_runtime_does_not_script(tmp_path: Path) -> None:
+    for name, what in (
+        ("consent-churn", "[[churn]]"),
+        ("poisoned-fedavg", "[[attack]]"),
+        ("cve-mid-job", "[[network]] event(s)"),
+    ):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["scenario", "run", name, "--deploy", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert what in result.output and "run it without --deploy" in result.output
+        assert not out.exists()
 
 
 @pytest.fixture(scope="module")
