@@ -204,3 +204,31 @@ def test_cve_moves_paths_and_a_relay_down_cuts_a_site_off(runs: dict[str, Scenar
     assert "hungarian" in first.sites and "hungarian" not in second.sites
     assert set(second.sites) == {"cleveland", "switzerland", "va"}
     assert after["va"].nodes == before["va"].nodes and after["va"].transfer_s > 0
+
+
+def test_deploy_writes_a_valid_federation_config(tmp_path: Path) -> None:
+    from deploy.federation_config import load_federation_config
+    from deploy.scenario_deploy import federation_toml, unsupported
+
+    scenario = load_scenario(SHIPPED / "baseline.toml")
+    assert unsupported(scenario) == []
+    source = tmp_path / "federation.toml"
+    source.write_text(federation_toml(scenario, tmp_path / "work", 30_000))
+    config = load_federation_config(source)
+    assert [s.id for s in config.sites] == [s.id for s in scenario.sites]
+    assert [s.node for s in config.sites] == [s.node for s in scenario.sites]
+    assert [s.data.describe() for s in config.sites] == [s.data_text for s in scenario.sites]
+    assert config.aggregator.superlink_port == 30_000 and config.workdir == (tmp_path / "work").resolve()
+    assert config.min_security == scenario.min_security
+
+
+@pytest.mark.slow
+def test_a_deployed_result_reads_back_into_the_report(runs: dict[str, ScenarioRun]) -> None:
+    from deploy.scenario_deploy import federation_result
+
+    original = runs["baseline"].federation
+    back = federation_result(json.loads(json.dumps(original.to_dict())))
+    assert back.status == original.status and len(back.rounds) == len(original.rounds)
+    for a, b in zip(back.rounds, original.rounds, strict=True):
+        assert a.mean_accuracy == b.mean_accuracy
+        assert {k: v.cohort for k, v in a.sites.items()} == {k: v.cohort for k, v in b.sites.items()}
