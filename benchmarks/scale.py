@@ -191,7 +191,8 @@ def main() -> None:
     build_s = time.perf_counter() - build_started
     results: list[dict[str, Any]] = []
     table = ""
-    for n in sorted(args.sites):
+    # In the order given: the first is the baseline, and a run cut short keeps the sizes it reached.
+    for n in args.sites:
         print(f"  running {n} sites…", flush=True)
         results.append(run_one(n, args))
         r = results[-1]

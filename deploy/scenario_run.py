@@ -158,6 +158,18 @@ class Network:
                     self.nvd.lookup(event.cve)
                 except PceError as exc:
                     problems.append((f"network[{i}].cve", str(exc)))
+        # A CVE is added to a node that does not carry it yet and fixed where it is carried.
+        carried = {(e.node, e.vulnerability.cve_id) for e in exposures}
+        for i, event in enumerate(scenario.network):
+            key = (event.node, event.cve)
+            if event.event == "cve":
+                if key in carried:
+                    problems.append((f"network[{i}].cve", f"{event.node} already carries {event.cve} then"))
+                carried.add(key)
+            elif event.event == "fix":
+                if key not in carried:
+                    problems.append((f"network[{i}].cve", f"{event.node} does not carry {event.cve} then"))
+                carried.discard(key)
         if problems:
             raise ScenarioError(problems)
         for i, site in enumerate(scenario.sites):

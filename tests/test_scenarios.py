@@ -76,6 +76,8 @@ def test_network_is_checked_against_the_topology() -> None:
         "network": [
             {"round": 2, "event": "cve", "node": "router-99", "cve": "CVE-1999-0001"},
             {"round": 3, "event": "link-down", "link": "no-such-link"},
+            {"round": 3, "event": "cve", "node": "router-5", "cve": "CVE-2022-44204"},
+            {"round": 4, "event": "fix", "node": "router-1", "cve": "CVE-2022-36786"},
         ],
     }
     with pytest.raises(ScenarioError) as err:
@@ -85,6 +87,8 @@ def test_network_is_checked_against_the_topology() -> None:
     assert "router-99" in fields["network[0].node"]
     assert "CVE-1999-0001" in fields["network[0].cve"]
     assert "no-such-link" in fields["network[1].link"]
+    assert "router-5 already carries CVE-2022-44204" in fields["network[2].cve"]
+    assert "router-1 does not carry CVE-2022-36786" in fields["network[3].cve"]
 
 
 def test_reduced_keeps_events_after_the_first_round() -> None:
