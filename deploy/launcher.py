@@ -82,7 +82,10 @@ def prepare(config: FederationConfig, echo: Echo = lambda _: None) -> tuple[Work
     for site in config.sites:
         if not (workdir.site(site.id) / "site.toml").is_file():
             echo(f"building site {site.id} ({site.data.describe()}, consent {site.consent.text})")
-        ensure_site(config, site, workdir)
+        try:
+            ensure_site(config, site, workdir)
+        except Exception as exc:  # any failure of the data or consent load names the site
+            raise LaunchError(f"site {site.id}", f"building its folder failed: {exc}") from exc
     write_flower_app(workdir)
     write_flwr_cli_config(config, workdir, creds.ca)
     workdir.relays.mkdir(parents=True, exist_ok=True)

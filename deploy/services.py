@@ -110,7 +110,7 @@ def plan(
             kind="traffic-engine",
             argv=tuple(engine_argv),
             address=f"https://{config.host}:{config.pce_port}",
-            health=HealthCheck("https", config.host, config.pce_port, "/api/controller", creds.ca),
+            health=HealthCheck("https", config.host, config.pce_port, "/api/transport", creds.ca),
             env=env,
         )
     )

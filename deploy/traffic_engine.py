@@ -5,8 +5,10 @@ HTTPS with the federation's certificate, driving the relays as their controller.
 federation's topology and vulnerabilities, installs one path per site from the site's node to
 the aggregator's (the config's bandwidth, delay bound and Minimum Security Threshold), pushes
 the routes to the relays (interconnect.relay.RelayController), and follows every change: a new
-CVE or a relay that stops answering moves the traffic. ``GET /api/controller`` shows the relays,
-each site's route and ingress and the re-routes with how long each took.
+CVE or a relay that stops answering moves the traffic. ``GET /api/transport`` shows the relays,
+each site's route and ingress and the re-routes with how long each took. ``paroma pce serve
+--relays FILE`` runs the same controller from a relay file, over plain HTTP; here everything
+comes from the federation config and the API is HTTPS only.
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ def relay_listen_host(config: FederationConfig, netns: bool) -> str:
 
 def build_controller(config: FederationConfig, netns: bool) -> tuple[Any, Any, Any]:
     """The engine, its NVD client and the relay controller of the federation (not started)."""
-    from interconnect.relay.controller import AggregatorEndpoint, RelayController, RelayEndpoint
-
     from interconnect.pce.engine import SecurePathEngine
     from interconnect.pce.nvd import NvdClient
     from interconnect.pce.scenario import load_scenario
+    from interconnect.relay.controller import AggregatorEndpoint, RelayController, RelayEndpoint
 
     nvd = NvdClient(online=False)
     topology, exposures = load_scenario(config.topology, nvd)
@@ -82,29 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     from interconnect.pki import CertKind, FederationPKI
 
     engine, nvd, controller = build_controller(config, args.netns)
-    ingress = controller.start()
-    for site_id, address in ingress.items():
-        log.info("site %s: path %s, ingress %s", site_id, " > ".join(controller.route_of(site_id)), address)
-    app = create_app(engine, nvd)
-
-    @app.get("/api/controller", tags=["relays"])
-    def controller_status() -> dict[str, Any]:
-        """The relays (health), each site's route and ingress, and the re-routes so far."""
-        return dict(controller.status())
-
+    # The app starts the controller with it (paths installed, routes pushed) and stops it.
+    app = create_app(engine, nvd, controller=controller)
     cert = FederationPKI.open(Workdir(config.workdir).pki).get(CertKind.SERVICE, "pce")
-    try:
-        uvicorn.run(
-            app,
-            host=config.host,
-            port=config.pce_port,
-            log_level="warning",
-            ssl_certfile=str(cert.cert_path),
-            ssl_keyfile=str(cert.key_path),
-            timeout_graceful_shutdown=2,
-        )
-    finally:
-        controller.stop(withdraw=False)
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.pce_port,
+        log_level="warning",
+        ssl_certfile=str(cert.cert_path),
+        ssl_keyfile=str(cert.key_path),
+        timeout_graceful_shutdown=2,
+    )
     return 0
 
 

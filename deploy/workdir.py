@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from clinical_node.datasets.uci_heart import HOSPITALS, hospital_bundle
+from clinical_node.datasets.uci_heart import HOSPITALS, hospital_bundle, read_rows, rows_bundle
 from clinical_node.site import Site
 from interconnect.pki import (
     CertKind,
@@ -184,11 +186,13 @@ def _build_site(site: SiteConfig, folder: Path, seed: int) -> None:
     if site.data.kind == "uci":
         name = HOSPITALS[site.data.hospital].name
         organization = f"Organization/uci-{site.data.hospital}"
+    elif site.data.kind == "synthetic":
+        name, organization = f"{site.id} (synthetic patients)", f"Organization/uci-{site.id}"
     else:
         name, organization = site.id, f"Organization/{site.id}"
     created = Site.create(folder, site.id, name, organization, DEMO_POLICY)
     try:
-        for bundle in _bundles(site):
+        for bundle in _bundles(site, seed):
             created.fhir.ingest_bundle(bundle)
         created.plans.approve_builtin("logistic-regression", by="paroma up")
         mix = _consent_mix(site)
@@ -208,13 +212,32 @@ def _build_site(site: SiteConfig, folder: Path, seed: int) -> None:
         created.close()
 
 
-def _bundles(site: SiteConfig) -> list[dict[str, object]]:
+def synthetic_rows(patients: int, seed: int) -> list[dict[str, str | None]]:
+    """Rows drawn with replacement from the four UCI hospitals' records (a seeded bootstrap of
+    real patients, missing values kept missing)."""
+    pool = [row for hospital in HOSPITALS for row in read_rows(hospital)]
+    rng = random.Random(seed)
+    return [dict(rng.choice(pool)) for _ in range(patients)]
+
+
+def _bundles(site: SiteConfig, seed: int) -> list[dict[str, Any]]:
     if site.data.kind == "uci":
         return [hospital_bundle(site.data.hospital)]
+    if site.data.kind == "synthetic":
+        rows = synthetic_rows(site.data.patients, seed)
+        return [rows_bundle(site.id, f"{site.id} (synthetic patients)", rows)]
     if site.data.kind == "fhir" and site.data.path is not None:
         files = sorted(site.data.path.glob("*.json")) if site.data.path.is_dir() else [site.data.path]
-        return [json.loads(f.read_text()) for f in files]
-    raise ValueError(f"site {site.id}: data {site.data.describe()} cannot be loaded by paroma up")
+        bundles = []
+        for file in files:
+            try:
+                bundles.append(json.loads(file.read_text()))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ValueError(
+                    f"site {site.id}: {file} is not a readable JSON FHIR Bundle: {exc}"
+                ) from None
+        return bundles
+    raise ValueError(f"site {site.id}: data {site.data.describe()} is not a kind paroma up loads")
 
 
 def _consent_mix(site: SiteConfig) -> ConsentMix:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from clinical_node.datasets.uci_heart import rows_bundle
+from clinical_node.site import Site
 from deploy import launcher
 from deploy.federation_config import DEFAULT_CONFIG, load_federation_config
 from deploy.processes import is_running, process_tree, read_record, start_detached, stop
 from deploy.services import plan
-from deploy.workdir import Workdir, ensure_credentials
+from deploy.workdir import Workdir, ensure_credentials, ensure_site, synthetic_rows
 
 # A process that starts a child in a session of its own (as Flower's SuperLink and SuperNode
 # start SuperExec), then waits.
@@ -137,3 +140,48 @@ ingress_port = {base + 5}
         check=False,
     )
     assert result.returncode == 1
+
+
+def test_sites_are_built_once_from_synthetic_data_and_fhir_bundles(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundles"
+    bundle.mkdir()
+    (bundle / "one.json").write_text(json.dumps(rows_bundle("alpha", "Alpha", synthetic_rows(5, seed=1))))
+    (tmp_path / "bad.json").write_text("{not json")
+    text = """
+[federation]
+name = "data"
+workdir = "state"
+[[site]]
+id = "syn"
+node = "hospital-va"
+data = "synthetic:12"
+consent = "full"
+fhir_port = 40001
+[[site]]
+id = "files"
+node = "hospital-cleveland"
+data = "bundles"
+consent = "permit=0.5,opt_out=0.5"
+fhir_port = 40002
+[[site]]
+id = "bad"
+node = "hospital-hungary"
+data = "bad.json"
+fhir_port = 40003
+"""
+    (tmp_path / "fed.toml").write_text(text)
+    config = load_federation_config(tmp_path / "fed.toml")
+    workdir = Workdir(config.workdir)
+    for site_id, patients in (("syn", 12), ("files", 5)):
+        folder = ensure_site(config, config.site(site_id), workdir)
+        site = Site.open(folder)
+        try:
+            assert len(list(site.fhir.patients())) == patients
+        finally:
+            site.close()
+    stamp = (workdir.site("syn") / "site.toml").stat().st_mtime_ns
+    ensure_site(config, config.site("syn"), workdir)  # kept, not rebuilt
+    assert (workdir.site("syn") / "site.toml").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"bad\.json is not a readable JSON FHIR Bundle"):
+        ensure_site(config, config.site("bad"), workdir)
+    assert not workdir.site("bad").exists() and not list(workdir.sites.glob(".*building"))

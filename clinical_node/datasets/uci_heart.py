@@ -213,12 +213,15 @@ def _observation(site: str, patient_id: str, measure: Measure, raw: str, org_ref
 def hospital_bundle(hospital: str, directory: Path | None = None) -> dict[str, Any]:
     """The transaction Bundle of one hospital: its Organization, then per row a Patient and
     its Observations (urn:uuid references, resolved by the store at ingest)."""
-    info = HOSPITALS[hospital]
-    rows = read_rows(hospital, directory)
+    return rows_bundle(hospital, HOSPITALS[hospital].name, read_rows(hospital, directory))
+
+
+def rows_bundle(hospital: str, name: str, rows: list[dict[str, str | None]]) -> dict[str, Any]:
+    """The transaction Bundle of rows in the UCI columns, for the organisation ``uci-<hospital>``."""
     org_id = f"uci-{hospital}"
     org_ref = f"Organization/{org_id}"
     resources_: list[dict[str, Any]] = [
-        {"resourceType": "Organization", "id": org_id, "active": True, "name": info.name}
+        {"resourceType": "Organization", "id": org_id, "active": True, "name": name}
     ]
     for number, row in enumerate(rows, start=1):
         patient_id = f"{hospital}-{number:04d}"
