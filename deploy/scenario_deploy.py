@@ -135,7 +135,7 @@ def run_deployed(
     from deploy.launcher import LaunchError, down, up
     from deploy.scenario_report import write_report
     from deploy.scenario_run import ScenarioRun, _json_default, _model_bytes, scenario_job
-    from paroma.cli_deploy import build_synthetic_site
+    from deploy.sites import build_synthetic_site
 
     reasons = unsupported(scenario)
     if reasons:
@@ -156,7 +156,7 @@ def run_deployed(
         raise ScenarioError([(f, m) for f, m in exc.problems]) from None
     for site in config.sites:
         if site.data.kind == "synthetic":
-            build_synthetic_site(config, site)
+            build_synthetic_site(config, site, seed=scenario.seed)
     try:
         up(config, timeout_s=300.0, echo=say)
         submitted = submit(config, job, out=out / "job")

@@ -122,3 +122,35 @@ def build_site(
     finally:
         site.close()
     return folder
+
+
+def build_synthetic_site(cfg: Any, site_cfg: Any, *, seed: int = 0) -> None:
+    """A ``synthetic:<patients>`` site of the config drawn by clinical_node.datasets.synthetic
+    (what the in-process scenario runtime gives the same site), built whole in a temporary
+    folder and renamed into place; the working folder's preparation then keeps it as it keeps
+    every site already built."""
+    import os
+    import shutil
+
+    from deploy.federation_config import FederationConfig, SiteConfig
+    from deploy.workdir import Workdir
+
+    assert isinstance(cfg, FederationConfig) and isinstance(site_cfg, SiteConfig)
+    target = Workdir(cfg.workdir).site(site_cfg.id)
+    if (target / "site.toml").is_file():
+        return
+    mix = (
+        site_cfg.consent.mix
+        if site_cfg.consent.mix is not None
+        else parse_consent(site_cfg.consent.kind, site_cfg.id)
+    )
+    building = target.with_name(f".{site_cfg.id}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        build_site(
+            building, site_cfg.id, site_cfg.id, DataSource("synthetic", patients=site_cfg.data.patients), mix,
+            index=cfg.sites.index(site_cfg), seed=seed,
+        )  # fmt: skip
+        os.replace(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)

@@ -66,9 +66,6 @@ def prepare(
 
     cfg = _config(config)
     assert isinstance(cfg, FederationConfig)
-    for site_cfg in cfg.sites:
-        if site_cfg.data.kind == "synthetic":
-            build_synthetic_site(cfg, site_cfg)
     workdir, _ = make(cfg, echo=typer.echo)
     if opa:
         from clinical_node.site import Site
@@ -83,39 +80,6 @@ def prepare(
             site.write_policy(site.policy)
             typer.echo(f"site {site_cfg.id}: policies decided by {site.settings['protection']['opa_url']}")
     typer.echo(f"working folder {workdir.root} ready")
-
-
-def build_synthetic_site(cfg: object, site_cfg: object) -> None:
-    """A ``synthetic:<patients>`` site of the config (clinical_node.datasets.synthetic), built
-    whole in a temporary folder and renamed into place; the working folder's preparation then
-    keeps it as it keeps every site already built."""
-    import os
-    import shutil
-
-    from deploy.federation_config import FederationConfig, SiteConfig
-    from deploy.sites import DataSource, build_site, parse_consent
-    from deploy.workdir import Workdir
-
-    assert isinstance(cfg, FederationConfig) and isinstance(site_cfg, SiteConfig)
-    target = Workdir(cfg.workdir).site(site_cfg.id)
-    if (target / "site.toml").is_file():
-        return
-    mix = (
-        site_cfg.consent.mix
-        if site_cfg.consent.mix is not None
-        else parse_consent(site_cfg.consent.kind, site_cfg.id)
-    )
-    building = target.with_name(f".{site_cfg.id}.building")
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        build_site(
-            building, site_cfg.id, site_cfg.id, DataSource("synthetic", patients=site_cfg.data.patients), mix,
-            index=cfg.sites.index(site_cfg), seed=2026,
-        )  # fmt: skip
-        os.replace(building, target)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    typer.echo(f"built synthetic site {site_cfg.id} ({site_cfg.data.patients} patients)")
 
 
 @deploy_app.command("register")
