@@ -178,6 +178,11 @@ def main() -> None:
     parser.add_argument("--build-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/paroma-scale"))
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the sizes already in results/scale.json with the same settings",
+    )
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
@@ -190,9 +195,17 @@ def main() -> None:
     build_federation(args.workdir / "sites", max(args.sites), args.patients, args.seed, args.build_workers)
     build_s = time.perf_counter() - build_started
     results: list[dict[str, Any]] = []
-    table = ""
+    if args.resume and RESULTS_FILE.is_file():
+        previous = json.loads(RESULTS_FILE.read_text())
+        same = all(previous.get(k) == getattr(args, k) for k in ("rounds", "local_steps", "max_workers"))
+        if same and previous.get("patients_per_site") == args.patients:
+            results = [r for r in previous.get("results", []) if r["sites"] in args.sites]
+            print(f"  kept {[r['sites'] for r in results]} from {RESULTS_FILE}", flush=True)
+    table = _table(results, args.patients) if results else ""
     # In the order given: the first is the baseline, and a run cut short keeps the sizes it reached.
     for n in args.sites:
+        if any(r["sites"] == n for r in results):
+            continue
         print(f"  running {n} sites…", flush=True)
         results.append(run_one(n, args))
         r = results[-1]
