@@ -29,6 +29,7 @@ from deploy.compose import (
 )
 from deploy.federation_config import DEFAULT_CONFIG, load_federation_config
 from deploy.healthcheck import main as healthcheck
+from deploy.healthcheck import probe
 from paroma.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,14 +241,15 @@ def test_the_relay_command_needs_none_of_the_machine_learning_stack(tmp_path: Pa
     assert "none.toml: No such file or directory" in result.stderr
 
 
-def test_healthcheck_probes_a_real_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_healthcheck_probes_a_real_server() -> None:
     from protection_layer.opa_api import create_opa_app
 
     with LiveServer(create_opa_app()) as server:
-        assert healthcheck(["http", "127.0.0.1", str(server.port), "/health"]) == 0
+        assert probe(["http", "127.0.0.1", str(server.port), "/health"]) is None
         assert healthcheck(["tcp", "127.0.0.1", str(server.port)]) == 0
         port = server.port
+    assert "127.0.0.1" in str(probe(["tcp", "127.0.0.1", str(port)]))
     assert healthcheck(["tcp", "127.0.0.1", str(port)]) == 1
-    assert healthcheck(["https", "127.0.0.1", str(port), "/", "/nonexistent-ca.pem"]) == 1
-    assert healthcheck(["ftp", "x"]) == 1
-    assert "expected tcp|http|https" in capsys.readouterr().err
+    assert probe(["https", "127.0.0.1", str(port), "/", "/nonexistent-ca.pem"]) is not None
+    assert "expected tcp|http|https" in str(probe(["ftp", "x"]))
+    assert "https needs 4 arguments" in str(probe(["https", "h", "1"]))
