@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
-APT_PACKAGES=(bubblewrap chromium chromium-driver iproute2 util-linux)
+APT_PACKAGES=(bubblewrap chromium chromium-driver iproute2 util-linux docker-compose)
 
 log() { printf '[paroma.sh] %s\n' "$*" >&2; }
 

@@ -12,9 +12,12 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
+from paroma.cli_deploy import deploy_app
 from paroma.cli_federation import down, fed_app, status, up
+from paroma.cli_node_ops import join, keys, policy_app
 from paroma.cli_pki import pki_app
 from paroma.cli_relay import relay_app
+from paroma.cli_scenario import data_synthetic, scenario_app
 
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and administer a clinical node (a hospital's site).", no_args_is_help=True)
@@ -30,6 +33,12 @@ app.command("up")(up)
 app.command("down")(down)
 app.command("status")(status)
 app.add_typer(fed_app, name="fed")
+app.add_typer(scenario_app, name="scenario")
+app.add_typer(deploy_app, name="deploy")
+node_app.add_typer(policy_app, name="policy")
+node_app.command("keys")(keys)
+node_app.command("join")(join)
+data_app.command("synthetic")(data_synthetic)
 
 
 def fail(message: str, code: int = 2) -> None:
