@@ -244,3 +244,44 @@ def test_a_crash_mid_registration_leaves_the_registry_consistent(
     assert [m.model_id for m in registry.list()] == [kept.model_id, again.model_id]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted([kept.model_id, again.model_id])
     assert registry.verify() == []
+
+
+def _cli(*args: object) -> object:
+    from typer.testing import CliRunner
+
+    from paroma.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_list_show_card_promote_retire_verify(
+    tmp_path: Path, federation: tuple[JobSpec, FederationResult]
+) -> None:
+    job, result = federation
+    registry = ModelRegistry(tmp_path / "reg")
+    model = registry.register(job, result, owner="alice")
+    reg = tmp_path / "reg"
+    listed = _cli("model", "list", "--registry", reg)
+    assert listed.exit_code == 0 and model.model_id in listed.output and "registered" in listed.output  # type: ignore[attr-defined]
+    shown = _cli("model", "show", model.model_id, "--registry", reg)
+    assert json.loads(shown.output)["provenance"]["job"]["sha256"] == job.sha256  # type: ignore[attr-defined]
+    card = _cli("model", "card", model.model_id, "--registry", reg)
+    assert card.output.startswith(f"# Model card: {model.model_id}")  # type: ignore[attr-defined]
+    card_json = _cli("model", "card", model.model_id, "--registry", reg, "--json")
+    assert json.loads(card_json.output)["weights_sha256"] == model.weights_sha256  # type: ignore[attr-defined]
+    skipped = _cli("model", "promote", model.model_id, "--registry", reg, "--to", "released", "--by", "bob")
+    assert skipped.exit_code == 2 and "not to released" in skipped.output  # type: ignore[attr-defined]
+    for state in ("validated", "released"):
+        step = _cli("model", "promote", model.model_id, "--registry", reg, "--to", state, "--by", "bob")
+        assert step.exit_code == 0 and f"is {state}" in step.output  # type: ignore[attr-defined]
+    retired = _cli("model", "retire", model.model_id, "--registry", reg, "--by", "bob")
+    assert retired.exit_code == 0 and "is retired" in retired.output  # type: ignore[attr-defined]
+    ok = _cli("model", "verify", "--registry", reg)
+    assert ok.exit_code == 0 and "intact: 1 model(s)" in ok.output  # type: ignore[attr-defined]
+    registry.weights_path(model.model_id).write_bytes(b"not the weights")
+    bad = _cli("model", "verify", "--registry", reg)
+    assert bad.exit_code == 1 and "TAMPERED" in bad.output  # type: ignore[attr-defined]
+    missing = _cli("model", "list", "--registry", tmp_path / "nowhere")
+    assert missing.exit_code == 2 and "not a model registry" in missing.output  # type: ignore[attr-defined]
+    unknown = _cli("model", "show", "nope", "--registry", reg)
+    assert unknown.exit_code == 2 and "no model 'nope'" in unknown.output  # type: ignore[attr-defined]
