@@ -1,8 +1,9 @@
 """The clinical node's API for the federation's services (role ``aggregator``): feasibility
 queries (``POST /federation/feasibility``) and the site's data catalogue
-(``GET /federation/catalog``). Errors are RFC 9457 problem details."""
+(``GET /federation/catalog``). Errors are RFC 9457 problem details.
 
-from __future__ import annotations
+Annotations are evaluated at definition (no ``from __future__ import annotations``): the
+routes' ``Depends`` refer to dependencies made inside :func:`build_federation_router`."""
 
 from collections.abc import Callable
 from typing import Annotated, Any
