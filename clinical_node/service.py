@@ -43,9 +43,12 @@ def create_app(site: Site) -> FastAPI:
     app.state.protection = protection
     app.include_router(build_consent_router(lambda: protection.consents, require_site_admin))
     app.include_router(build_fhir_router(lambda: site.fhir, require_site_admin))
+    from .catalogue import CataloguePublisher
     from .federation_api import build_federation_router
 
-    app.include_router(build_federation_router(protection, tokens))
+    publisher = CataloguePublisher(site)
+    app.state.catalogue = publisher
+    app.include_router(build_federation_router(protection, tokens, publisher.current))
 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> JSONResponse:

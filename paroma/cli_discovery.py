@@ -157,3 +157,80 @@ def _print_feasibility(report: Any) -> None:
     console.print(table)
     for site, error in report.failed.items():
         console.print(f"{site}: did not answer: {error}")
+
+
+def catalog(
+    sites: SitesOption = None,
+    site_dir: SiteDirOption = None,
+    resource_type: Annotated[
+        str | None, typer.Option("--resource-type", help="only this resource type's rows")
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="with --site-dir: publish the site's catalogue now")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="the DCAT catalogue as JSON-LD")] = False,
+    timeout: Annotated[float, typer.Option(min=1, max=600, help="seconds to wait for each site")] = 30.0,
+) -> None:
+    """What each site holds: resource types and codes with counts and years (small counts as "<k")."""
+    from aggregator.catalogue import FederationCatalogue, gather_catalogues
+
+    endpoints = _endpoints(sites, site_dir)
+    if rebuild and endpoints is not None:
+        fail("--rebuild works on site folders (--site-dir); sites publish on their own schedule")
+    if endpoints is not None:
+        gathered = gather_catalogues(endpoints, timeout=timeout)
+    else:
+        gathered = FederationCatalogue(_local_catalogues(site_dir or [], rebuild), {})
+    if as_json:
+        typer.echo(json.dumps(gathered.to_dict(), indent=2, sort_keys=True))
+    else:
+        _print_catalogue(gathered, resource_type)
+    if gathered.failed and not gathered.catalogues:
+        raise typer.Exit(1)
+
+
+def _local_catalogues(folders: list[Path], rebuild: bool) -> dict[str, dict[str, Any]]:
+    from clinical_node.catalogue import CatalogueError, CataloguePublisher
+    from clinical_node.site import Site, SiteError
+
+    out: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        try:
+            site = Site.open(folder)
+        except SiteError as exc:
+            fail(str(exc))
+        try:
+            publisher = CataloguePublisher(site)
+            if rebuild:
+                publisher.publish()
+            out[site.site_id] = publisher.current()
+        except CatalogueError as exc:
+            fail(str(exc))
+        finally:
+            site.close()
+    return out
+
+
+def _print_catalogue(gathered: Any, resource_type: str | None) -> None:
+    from rich.table import Table
+
+    table = Table("site", "resource type", "code", "display", "patients", "resources", "years", "published")
+    # the code without its system (in the JSON form) keeps the table readable
+    for row in gathered.rows():
+        if resource_type and row["resource_type"] != resource_type:
+            continue
+        code = row["code"] or "(all)"
+        table.add_row(
+            row["site"],
+            row["resource_type"],
+            code,
+            row["display"],
+            str(row["patients"]),
+            str(row["resources"]),
+            row["years"],
+            row["published"],
+        )
+    console = _console()
+    console.print(table)
+    for site, error in gathered.failed.items():
+        console.print(f"{site}: did not answer: {error}")
