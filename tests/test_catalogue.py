@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from aggregator.catalogue import build_catalogue_router, gather_catalogues
 from aggregator.sites import SiteEndpoint
 from clinical_node.auth import TokenStore
 from clinical_node.catalogue import CatalogueError, CataloguePublisher, interval_of
-from clinical_node.datasets.uci_heart import hospital_bundle
+from clinical_node.datasets.uci_heart import hospital_bundle as _hospital_bundle
 from clinical_node.service import create_app
 from clinical_node.site import Site
 from paroma.cli import app
 from paroma.demo import DEMO_POLICY
+
+# converted once per test session: the UCI converter is not what these tests measure
+hospital_bundle = cache(_hospital_bundle)
 
 AGE = ("http://loinc.org", "30525-0")
 THAL = ("https://paroma-med.eu/fhir/CodeSystem/uci-heart-disease", "thal")

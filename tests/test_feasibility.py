@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from aggregator.feasibility import combine, query_feasibility
 from aggregator.sites import SitesError, load_sites
 from clinical_node.auth import TokenStore
-from clinical_node.datasets.uci_heart import hospital_bundle
+from clinical_node.datasets.uci_heart import hospital_bundle as _hospital_bundle
 from clinical_node.service import create_app
 from clinical_node.site import Site
 from paroma.cli import app
@@ -30,6 +31,9 @@ from protection_layer import ProtectionLayer, research_consent
 from protection_layer.audit import FEASIBILITY, AuditLog
 from protection_layer.consent_requests import ConsentRequestError, ConsentRequests
 from protection_layer.feasibility import CLASSES, suppress
+
+# converted once per test session: the UCI converter is not what these tests measure
+hospital_bundle = cache(_hospital_bundle)
 
 # Per kind of patient: how many, their consent, and whether they have observations.
 MIX = {
