@@ -37,6 +37,7 @@ from . import audit as kinds
 from .cohort import DataRequest
 from .consent_requests import ConsentRequests
 from .decisions import ConsentDecision, JobContext, PatientDecision
+from .engine import PolicyError
 
 CLASSES = ("usable", "needs_consent", "unknown", "refused")
 RESOURCE_TYPES = ("Patient", "Observation", "Condition", "Procedure", "MedicationStatement", "Encounter")
@@ -222,12 +223,23 @@ def answer_feasibility(layer: Any, query: FeasibilityQuery, *, requester: str) -
     k = int(site.policy.small_count_threshold)
     layer.reload_policies()
     cohort = query.cohort
-    decision = layer.decider.decide_for(
-        f"feasibility:{cohort.sha256}",
-        JobContext(query.purpose, query.organization),
-        cohort.request,
-        layer.now(),
-    )
+    asked = {
+        "requester": requester,
+        "purpose": query.purpose,
+        "organization": query.organization,
+        "cohort": cohort.to_dict(),
+        "k": k,
+    }
+    try:
+        decision = layer.decider.decide_for(
+            f"feasibility:{cohort.sha256}",
+            JobContext(query.purpose, query.organization),
+            cohort.request,
+            layer.now(),
+        )
+    except PolicyError as exc:
+        layer.record(kinds.FEASIBILITY, {**asked, "status": "failed", "error": str(exc)})
+        raise
     tokens = [TokenQuery(s, c) for s, c in cohort.codes]
     if cohort.resource_type == "Patient":
         with_data = set(site.fhir.patients())
@@ -250,12 +262,9 @@ def answer_feasibility(layer: Any, query: FeasibilityQuery, *, requester: str) -
     layer.record(
         kinds.FEASIBILITY,
         {
-            "requester": requester,
-            "purpose": query.purpose,
-            "organization": query.organization,
-            "cohort": cohort.to_dict(),
+            **asked,
+            "status": "answered",
             "reported": counts,
-            "k": k,
             "policy_version": decision.policy_version,
             **(
                 {

@@ -334,3 +334,21 @@ def test_suppression_never_leaves_one_small_count_recoverable(counts: dict[str, 
     assert all(counts[n] >= k for n in CLASSES if n not in hidden)  # every small count hidden
     assert len(hidden) != 1  # never exactly one: the published total would give it away
     assert all(shown[n] == counts[n] for n in CLASSES if n not in hidden)
+
+
+def test_a_policy_that_cannot_decide_reports_nothing(tmp_path: Path) -> None:
+    folder = _build_site(tmp_path, "alpha", k=1)
+    (folder / "policies").mkdir(exist_ok=True)
+    (folder / "policies" / "consent.rego").write_text(
+        "package paroma.consent\nimport rego.v1\ndecisions[key] := x if {\n\tsome key, _ in input.patients\n\tx := 1 / 0\n}\n"
+    )
+    site = Site.open(folder)
+    try:
+        with LiveServer(create_app(site)) as server:
+            response = _post(server, _token(folder), QUERY)
+    finally:
+        site.close()
+    assert response.status_code == 503 and response.json()["title"] == "No consent decision could be made"
+    assert "counts" not in response.json()
+    entry = [e for e in AuditLog.for_site(folder).entries() if e["kind"] == FEASIBILITY][-1]
+    assert entry["data"]["status"] == "failed" and "reported" not in entry["data"]
