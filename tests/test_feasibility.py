@@ -352,3 +352,91 @@ def test_a_policy_that_cannot_decide_reports_nothing(tmp_path: Path) -> None:
     assert "counts" not in response.json()
     entry = [e for e in AuditLog.for_site(folder).entries() if e["kind"] == FEASIBILITY][-1]
     assert entry["data"]["status"] == "failed" and "reported" not in entry["data"]
+
+
+def _federation_pki(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (ca, cert, key)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "federation test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alpha")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "alpha.pem", folder / "alpha.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+class TlsServer(LiveServer):
+    def __init__(self, app: object, cert: Path, key: Path) -> None:
+        import threading
+
+        import uvicorn
+
+        super().__init__(app)
+        self.url = f"https://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="error",
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+
+def test_the_aggregator_asks_over_tls_checked_against_the_federation_ca(tmp_path: Path) -> None:
+    folder = _build_site(tmp_path, "alpha", k=1)
+    _ca, cert, key = _federation_pki(tmp_path)
+    (tmp_path / "token").write_text(_token(folder))
+    site = Site.open(folder)
+    try:
+        with TlsServer(create_app(site), cert, key) as server:
+            for name, ca_line in (("with-ca", 'ca_file = "ca.pem"\n'), ("without-ca", "")):
+                (tmp_path / f"{name}.toml").write_text(
+                    f'[[site]]\nid = "alpha"\nurl = "{server.url}"\ntoken_file = "token"\n{ca_line}'
+                )
+            trusted = query_feasibility(load_sites(tmp_path / "with-ca.toml"), QUERY, timeout=20)
+            assert trusted.sites["alpha"]["counts"] == EXPECTED
+            # the system's CAs do not know the federation's: the site is unreachable, not trusted
+            untrusted = query_feasibility(load_sites(tmp_path / "without-ca.toml"), QUERY, timeout=20)
+            assert not untrusted.sites and "CERTIFICATE_VERIFY_FAILED" in untrusted.failed["alpha"]
+    finally:
+        site.close()
