@@ -11,12 +11,15 @@ code's date range is only published with a count of at least k.
 The :class:`CataloguePublisher` rebuilds it in batches: at most every
 ``[catalogue] interval_minutes`` of ``site.toml`` (default 60), and only when the store
 changed since; between rebuilds the published catalogue (``catalogue/catalogue.json``,
-written atomically) is served as it is, with its ``dct:issued`` time.
+written atomically) is served as it is, with its ``dct:issued`` time. The node's service
+runs it on schedule (:meth:`CataloguePublisher.start`), so a catalogue is ready before
+anyone asks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +40,7 @@ CONTEXT = {
 FHIR_R4 = "http://hl7.org/fhir/R4"
 FILE = Path("catalogue") / "catalogue.json"
 DEFAULT_INTERVAL_MINUTES = 60.0
+log = logging.getLogger("paroma.catalogue")
 
 
 class CatalogueError(ValueError):
@@ -224,6 +228,27 @@ class CataloguePublisher:
         os.replace(tmp, self.path)
         self.rebuilds += 1
         return stored
+
+    def start(self, check_every_s: float | None = None) -> threading.Event:
+        """Publish on schedule in a background thread: every ``check_every_s`` (default:
+        a tenth of the interval, between 1 s and 60 s) rebuild if due. Set the returned
+        event to stop it."""
+        every = (
+            check_every_s
+            if check_every_s is not None
+            else min(60.0, max(1.0, self.interval.total_seconds() / 10))
+        )
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(every):
+                try:
+                    self.current()
+                except Exception:  # a failed rebuild is retried at the next check
+                    log.exception("site %s: the catalogue could not be published", self.site.site_id)
+
+        threading.Thread(target=run, name=f"catalogue-{self.site.site_id}", daemon=True).start()
+        return stop
 
     def current(self) -> dict[str, Any]:
         """The published catalogue, rebuilt first when it is due: none yet, or at least

@@ -251,3 +251,27 @@ def test_cli_reads_site_folders_directly(tmp_path: Path) -> None:
     assert both.exit_code == 2 and "either --sites FILE or" in both.output
     missing = CliRunner().invoke(app, ["catalog", "--sites", str(tmp_path / "x.toml")])
     assert missing.exit_code == 2 and "x.toml" in missing.output
+
+
+def test_the_publisher_runs_on_schedule(tmp_path: Path) -> None:
+    import time
+
+    site = _site(tmp_path, "alpha", n=6, thal=6)
+    publisher = CataloguePublisher(site, interval=timedelta(0))
+    try:
+        assert _dataset(publisher.current(), "Patient")["paroma:patients"] == 6
+        stop = publisher.start(check_every_s=0.05)
+        try:
+            site.fhir.ingest_bundle(
+                {"resourceType": "Bundle", "type": "transaction", "entry": _entries("cleveland", 9)}
+            )
+            deadline = time.monotonic() + 30
+            while publisher.rebuilds < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+        # rebuilt by the schedule, not by a request: the file on disk has the new data
+        on_disk = json.loads(publisher.path.read_text())
+        assert _dataset(on_disk, "Patient")["paroma:patients"] == 9
+    finally:
+        site.close()
