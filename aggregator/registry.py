@@ -111,6 +111,7 @@ def build_provenance(job: JobSpec, result: FederationResult) -> dict[str, Any]:
                     "isolation_levels": [],
                     "privacy_spent": {},
                     "errors": [],
+                    "per_round": [],
                 },
             )
             if site.error:
@@ -118,6 +119,16 @@ def build_provenance(job: JobSpec, result: FederationResult) -> dict[str, Any]:
             if not site.n_train and not site.cohort:
                 continue
             entry["rounds"].append(rnd.server_round)
+            # consent can change during a job: each round's cohort and what it was decided on
+            entry["per_round"].append(
+                {
+                    "round": rnd.server_round,
+                    "cohort": dict(site.cohort),
+                    "snapshot": site.snapshot,
+                    "policy_version": site.policy_version,
+                    "isolation": site.isolation,
+                }
+            )
             entry["cohort"] = dict(site.cohort)  # the latest round's cohort sizes
             entry["snapshots"].append(site.snapshot)
             entry["policy_versions"].append(site.policy_version)
