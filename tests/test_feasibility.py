@@ -440,3 +440,28 @@ def test_the_aggregator_asks_over_tls_checked_against_the_federation_ca(tmp_path
             assert not untrusted.sites and "CERTIFICATE_VERIFY_FAILED" in untrusted.failed["alpha"]
     finally:
         site.close()
+
+
+def test_consent_request_queue_on_its_own(tmp_path: Path) -> None:
+    queue = ConsentRequests(tmp_path / "requests.sqlite")
+    try:
+        first = queue.add("p1", "heart-2027", "HRESCH", "Organization/x", "May we?")
+        assert queue.add("p1", "heart-2027", "HRESCH", "Organization/x", "May we?") == first  # once per study
+        other = queue.add("p1", "lungs-2027", "HRESCH", "Organization/x", "")
+        assert [r.request_id for r in queue.pending("p1")] == [first, other]
+        assert queue.answer(first, False).status == "declined"
+        # answered: a new request for the same study may be queued again
+        again = queue.add("p1", "heart-2027", "HRESCH", "Organization/x", "Please reconsider")
+        assert again != first and [r.study for r in queue.pending("p1")] == ["lungs-2027", "heart-2027"]
+        with pytest.raises(ConsentRequestError, match="study: required"):
+            queue.add("p2", "", "HRESCH", "Organization/x", "")
+        with pytest.raises(ConsentRequestError, match="patient: required"):
+            queue.add_many(["p3", ""], "s", "HRESCH", "Organization/x", "")
+        assert queue.pending("p3") == []  # the whole batch or nothing
+    finally:
+        queue.close()
+    reopened = ConsentRequests(tmp_path / "requests.sqlite")
+    try:
+        assert len(reopened.pending("p1")) == 2  # persistent
+    finally:
+        reopened.close()
