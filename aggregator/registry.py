@@ -369,7 +369,14 @@ class ModelRegistry:
         return [m for m in self._replay().values() if owner is None or m.owner == owner]
 
     def pull(self, model_id: str) -> tuple[dict[str, np.ndarray], RegisteredModel]:
-        """The model's weights, checked against the sha256 recorded at registration."""
+        """The model's weights, checked against the sha256 recorded at registration, from
+        a registry whose log verifies (fail closed: a tampered history serves nothing)."""
+        try:
+            checked = self.log.verify()
+        except AuditError as exc:
+            raise RegistryError(f"the registry log cannot be checked: {exc}") from exc
+        if checked.problems:
+            raise RegistryError(f"the registry log is tampered, nothing is pulled: {checked.problems[0]}")
         model = self.get(model_id)
         if model.state == "retired":
             raise RegistryError(f"model {model_id} is retired and cannot be pulled")

@@ -203,6 +203,8 @@ def test_verify_detects_an_edited_entry(three_models: ModelRegistry) -> None:
     lines[0] = json.dumps(entry).encode() + b"\n"
     three_models.log.path.write_bytes(b"".join(lines))
     assert any("entry edited" in p for p in three_models.verify())
+    with pytest.raises(RegistryError, match="tampered, nothing is pulled"):
+        three_models.pull(entry["data"]["model_id"])
 
 
 def test_verify_detects_a_deleted_entry(three_models: ModelRegistry) -> None:
