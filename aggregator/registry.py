@@ -407,6 +407,12 @@ class ModelRegistry:
     def verify(self) -> builtins.list[str]:
         """Every problem found: the log's chain, signatures and end, the lifecycle it
         records, and each model's weights against their recorded sha256. [] when intact."""
+        if not self.log.path.exists():
+            # a registry that never registered has neither a log nor a key nor weights
+            used = self.log.key_path.exists() or self.log.head_path.exists()
+            if used or (self.models_dir.is_dir() and any(self.models_dir.iterdir())):
+                return [f"the registry log {self.log.path} is missing (deleted)"]
+            return []
         try:
             checked = self.log.verify()
         except AuditError as exc:

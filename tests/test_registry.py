@@ -226,6 +226,12 @@ def test_verify_detects_reordered_entries(three_models: ModelRegistry) -> None:
     assert any("does not chain" in p for p in problems)
 
 
+def test_verify_detects_a_deleted_log(three_models: ModelRegistry) -> None:
+    three_models.log.path.unlink()
+    three_models.log.head_path.unlink()
+    assert any("is missing (deleted)" in p for p in three_models.verify())
+
+
 def test_verify_and_pull_detect_a_changed_weights_file(three_models: ModelRegistry) -> None:
     model = three_models.list()[0]
     path = three_models.weights_path(model.model_id)
@@ -313,6 +319,11 @@ def test_cli_list_show_card_promote_retire_verify(
     bad = _cli("model", "verify", "--registry", reg)
     assert bad.exit_code == 1 and "TAMPERED" in bad.output  # type: ignore[attr-defined]
     missing = _cli("model", "list", "--registry", tmp_path / "nowhere")
-    assert missing.exit_code == 2 and "not a model registry" in missing.output  # type: ignore[attr-defined]
+    assert missing.exit_code == 2 and "no such folder" in missing.output  # type: ignore[attr-defined]
+    not_registry = _cli("model", "list", "--registry", reg / "models")
+    assert not_registry.exit_code == 2 and "not a model registry" in not_registry.output  # type: ignore[attr-defined]
+    (tmp_path / "empty").mkdir()
+    empty = _cli("model", "verify", "--registry", tmp_path / "empty")
+    assert empty.exit_code == 0 and "intact: 0 model(s)" in empty.output  # type: ignore[attr-defined]
     unknown = _cli("model", "show", "nope", "--registry", reg)
     assert unknown.exit_code == 2 and "no model 'nope'" in unknown.output  # type: ignore[attr-defined]
