@@ -13,9 +13,11 @@ import typer
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
 from paroma.cli_deploy import deploy_app
+from paroma.cli_discovery import catalog, feasibility
 from paroma.cli_federation import down, fed_app, status, up
 from paroma.cli_node_ops import join, keys, policy_app
 from paroma.cli_pki import pki_app
+from paroma.cli_registry import model_app
 from paroma.cli_relay import relay_app
 from paroma.cli_scenario import data_synthetic, scenario_app
 
@@ -39,6 +41,9 @@ node_app.add_typer(policy_app, name="policy")
 node_app.command("keys")(keys)
 node_app.command("join")(join)
 data_app.command("synthetic")(data_synthetic)
+app.add_typer(model_app, name="model")
+app.command("feasibility")(feasibility)
+app.command("catalog")(catalog)
 
 
 def fail(message: str, code: int = 2) -> None:
