@@ -2,12 +2,12 @@
 
 The job comes from the run config: ``job-spec`` holds a job spec (TOML file path or its JSON);
 without one, a FLamby heart-disease job with ``num-server-rounds`` rounds and ``strategy`` is
-run. Results are written as JSON to ``output-dir`` when it is set.
+run. With ``output-dir`` set, the run writes its admissions, progress, a checkpoint after every
+round and its result there (aggregator/run_output.py), and resumes from a checkpoint it finds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from clinical_node.plans import TrainingPlan
 from paroma.jobspec import JobSpec, parse_job_spec
 
 from .federation import FederationObserver, FederationResult, run_federation
+from .run_output import RunOutput, run_with_checkpoints
 
 log = logging.getLogger("paroma.aggregator")
 
@@ -58,13 +59,15 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         spec = job or job_from_run_config(dict(context.run_config))
-        result = run_federation(grid, spec, observer=observer, expected_sites=expected_sites)
-        if results is not None:
-            results.append(result)
         out = str(context.run_config.get("output-dir", "") or "")
         if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "federation.json").write_text(json.dumps(result.to_dict(), indent=2))
+            result = run_with_checkpoints(
+                grid, spec, RunOutput(Path(out)), observer=observer, expected_sites=expected_sites
+            )
+        else:
+            result = run_federation(grid, spec, observer=observer, expected_sites=expected_sites)
+        if results is not None:
+            results.append(result)
         log.info("job %s %s %s", spec.name, result.status, result.reason)
 
     return app
