@@ -36,6 +36,10 @@ class SiteResult:
     n_test: int = 0
     cohort: dict[str, int] = field(default_factory=dict)
     isolation: str = ""
+    # which consented data the round read (the cohort's snapshot hash) and under which
+    # version of the site's policies it was decided: the model's provenance
+    snapshot: str = ""
+    policy_version: str = ""
     # the site-enforced DP of its update (clip-norm, noise-multiplier, delta, epsilon, releases)
     privacy: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -263,6 +267,8 @@ def run_federation(
             record = reply.content.config_records.get("site")
             if record is not None:
                 entry.isolation = str(record.get("isolation", ""))
+                entry.snapshot = str(record.get("snapshot", ""))
+                entry.policy_version = str(record.get("policy-version", ""))
                 entry.cohort = {
                     k[len("cohort-") :]: int(v)
                     for k, v in numbers_of(record).items()

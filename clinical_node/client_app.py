@@ -44,12 +44,19 @@ def _round(message: Message) -> int:
     return config_int(message.content.config_records.get("config"), "server-round")
 
 
-def _site_record(report: RoundReport) -> ConfigRecord:
+def _policy_version(node: ClinicalNode) -> str:
+    """The version of the policies the site's protection layer decided with ("" without one)."""
+    layer = node.protection
+    return str(layer.engine.policy_version) if layer is not None else ""
+
+
+def _site_record(report: RoundReport, policy_version: str = "") -> ConfigRecord:
     record = ConfigRecord(
         {
             "site-id": report.site_id,
             "isolation": report.isolation,
             "snapshot": report.snapshot,
+            "policy-version": policy_version,
             "seconds": float(report.seconds),
         }
     )
@@ -101,7 +108,7 @@ def build_client_app(sites: list[str] | None = None, mods: list[Mod] | None = No
                 {
                     "arrays": to_record(report.weights),
                     "metrics": metrics,
-                    "site": _site_record(report),
+                    "site": _site_record(report, _policy_version(node)),
                 }
             ),
             reply_to=message,
@@ -117,7 +124,10 @@ def build_client_app(sites: list[str] | None = None, mods: list[Mod] | None = No
         except (RoundFailure, JobSpecError) as exc:
             return _error(message, node, ERROR_ROUND_FAILED, str(exc))
         metrics = MetricRecord({"num-examples": report.num_examples, **report.metrics})
-        return Message(RecordDict({"metrics": metrics, "site": _site_record(report)}), reply_to=message)
+        return Message(
+            RecordDict({"metrics": metrics, "site": _site_record(report, _policy_version(node))}),
+            reply_to=message,
+        )
 
     return app
 

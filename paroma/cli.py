@@ -13,6 +13,7 @@ import typer
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
 from paroma.cli_job import job_app
+from paroma.cli_registry import model_app
 
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and administer a clinical node (a hospital's site).", no_args_is_help=True)
@@ -23,6 +24,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pce_app, name="pce")
 app.add_typer(job_app, name="job")
+app.add_typer(model_app, name="model")
 
 
 def fail(message: str, code: int = 2) -> None:
