@@ -222,7 +222,9 @@ class JobStore:
                 [(job_id, a.site_id, int(a.accepted), a.reason) for a in admissions],
             )
             for a in admissions:
-                self._log(db, job_id, f"site {a.site_id} {'admits' if a.accepted else 'refuses'}: {a.reason}")
+                verdict = "admits the job" if a.accepted else "refuses the job"
+                said = "" if a.reason in ("", "admitted") else f": {a.reason}"
+                self._log(db, job_id, f"site {a.site_id} {verdict}{said}")
 
     def record_progress(
         self, job_id: str, current_round: int, rounds: list[dict[str, Any]], log: str | None = None
