@@ -39,7 +39,7 @@ from .federation import (
 )
 
 CHECKPOINT = "checkpoint.json"
-PROGRESS = "progress.json"
+PROGRESS = "run-state.json"
 ADMISSIONS = "admissions.json"
 RESULT = "federation.json"
 _EVALUATE = "evaluate"

@@ -60,12 +60,14 @@ def build_server_app(
     def main(grid: Grid, context: Context) -> None:
         spec = job or job_from_run_config(dict(context.run_config))
         out = str(context.run_config.get("output-dir", "") or "")
+        # A deployment's run says how many sites to wait for before admission.
+        expected = expected_sites or int(context.run_config.get("expected-sites", 0) or 0) or None
         if out:
             result = run_with_checkpoints(
-                grid, spec, RunOutput(Path(out)), observer=observer, expected_sites=expected_sites
+                grid, spec, RunOutput(Path(out)), observer=observer, expected_sites=expected
             )
         else:
-            result = run_federation(grid, spec, observer=observer, expected_sites=expected_sites)
+            result = run_federation(grid, spec, observer=observer, expected_sites=expected)
         if results is not None:
             results.append(result)
         log.info("job %s %s %s", spec.name, result.status, result.reason)

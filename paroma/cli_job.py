@@ -318,8 +318,15 @@ def serve(
     ] = None,
     app_dir: Annotated[
         Path | None,
-        typer.Option("--app", help="the Flower App submitted to the SuperLink (default: this project)"),
+        typer.Option("--app", help="the Flower App submitted (default: one running this project's apps)"),
     ] = None,
+    superlink_ca: Annotated[
+        Path | None,
+        typer.Option("--superlink-ca", help="CA of the SuperLink's TLS certificate (default: insecure)"),
+    ] = None,
+    expected_sites: Annotated[
+        int, typer.Option("--expected-sites", min=0, help="SuperNodes a run waits for before admission")
+    ] = 0,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8600,
     workers: Annotated[int, typer.Option(min=1, max=64, help="jobs run at the same time")] = 1,
@@ -341,7 +348,13 @@ def serve(
     else:
         from aggregator.jobs.superlink import SuperLinkRunner
 
-        runner = SuperLinkRunner(str(superlink), app_dir)
+        runner = SuperLinkRunner(
+            str(superlink),
+            root / "flwr-cli",
+            app_dir=app_dir,
+            root_certificates=superlink_ca,
+            expected_sites=expected_sites,
+        )
     try:
         service = JobService(root, runner, workers=workers)
     except OSError as exc:
