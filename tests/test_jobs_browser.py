@@ -82,8 +82,10 @@ def open_job(driver: WebDriver, job_id: str, state: str) -> None:
     WebDriverWait(driver, 30).until(lambda d: job_id in listed_jobs(d))
     page(driver, "document.querySelector(`#jobs tr[data-job='${arguments[0]}']`).click()", job_id)
     WebDriverWait(driver, 30).until(
-        lambda d: page(d, "const e = document.getElementById('detail'); return [e.dataset.job, e.dataset.state]")
-        == [job_id, state]
+        lambda d: (
+            page(d, "const e = document.getElementById('detail'); return [e.dataset.job, e.dataset.state]")
+            == [job_id, state]
+        )
     )
 
 
@@ -117,7 +119,9 @@ def test_jobs_page(browser: WebDriver, job_service: JobServiceFixture, alice_job
     # a wrong token is refused with the service's words
     browser.find_element(By.ID, "token").send_keys("not-a-token")
     browser.find_element(By.ID, "sign-in").click()
-    WebDriverWait(browser, 30).until(lambda d: "401" in str(page(d, "return document.getElementById('error').innerText")))
+    WebDriverWait(browser, 30).until(
+        lambda d: "401" in str(page(d, "return document.getElementById('error').innerText"))
+    )
 
     # bob sees none of alice's jobs
     sign_in(browser, job_service.tokens["bob"], "bob")
@@ -126,7 +130,10 @@ def test_jobs_page(browser: WebDriver, job_service: JobServiceFixture, alice_job
 
     sign_in(browser, job_service.tokens["alice"], "alice")
     open_job(browser, good["id"], "completed")
-    assert sites_table(browser) == [["cleveland", "admitted", "admitted"], ["hungarian", "admitted", "admitted"]]
+    assert sites_table(browser) == [
+        ["cleveland", "admitted", "admitted"],
+        ["hungarian", "admitted", "admitted"],
+    ]
     for chart, metric in (("accuracy-chart", "accuracy"), ("loss-chart", "loss")):
         drawn = points(browser, chart)
         assert set(drawn) == {"cleveland", "hungarian", "mean"}

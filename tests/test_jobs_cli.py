@@ -91,10 +91,16 @@ def test_submit_watch_pull_with_provenance(job_service: JobServiceFixture, tmp_p
 def test_cli_errors_are_one_line_and_non_zero(job_service: JobServiceFixture, tmp_path: Path) -> None:
     env = {"PAROMA_JOB_SERVER": job_service.url, "PAROMA_JOB_TOKEN": job_service.tokens["bob"]}
     bad = tmp_path / "bad.toml"
-    bad.write_text(EXAMPLE.read_text().replace('purpose = "HRESCH"', 'purpose = "FUN"').replace("rounds = 3", "rounds = 0"))
+    bad.write_text(
+        EXAMPLE.read_text()
+        .replace('purpose = "HRESCH"', 'purpose = "FUN"')
+        .replace("rounds = 3", "rounds = 0")
+    )
     invalid = paroma("submit", str(bad), env=env)
     assert invalid.returncode == 2
-    assert invalid.stderr.count("\n") == 1 and "purpose: 'FUN'" in invalid.stderr and "rounds:" in invalid.stderr
+    assert (
+        invalid.stderr.count("\n") == 1 and "purpose: 'FUN'" in invalid.stderr and "rounds:" in invalid.stderr
+    )
     unknown = paroma("status", "job-000000000000", env=env)
     assert unknown.returncode == 1 and "404" in unknown.stderr and "no job" in unknown.stderr
     no_token = paroma("status", env={"PAROMA_JOB_SERVER": job_service.url, "PAROMA_JOB_TOKEN": ""})

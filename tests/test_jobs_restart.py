@@ -4,6 +4,7 @@ with every round exactly once, the rounds before the kill untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,8 +30,19 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(log, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "paroma.cli", "job", "serve", "--root", str(root), "--sites-root", str(sites)]
-            + ["--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "paroma.cli",
+                "job",
+                "serve",
+                "--root",
+                str(root),
+                "--sites-root",
+                str(sites),
+                "--port",
+                str(port),
+            ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=self._log,
@@ -51,10 +63,8 @@ class ServiceProcess:
         """SIGKILL the service, then whatever it started."""
         self.process.kill()
         self.process.wait()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()
 
 
@@ -68,8 +78,19 @@ def test_killed_service_resumes_the_job_after_its_last_completed_round(
 ) -> None:
     root, sites = service_folder
     token = subprocess.run(
-        [sys.executable, "-m", "paroma.cli", "job", "token", "--root", str(root)]
-        + ["--role", "data-scientist", "--subject", "carol"],
+        [
+            sys.executable,
+            "-m",
+            "paroma.cli",
+            "job",
+            "token",
+            "--root",
+            str(root),
+            "--role",
+            "data-scientist",
+            "--subject",
+            "carol",
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -101,7 +122,10 @@ def test_killed_service_resumes_the_job_after_its_last_completed_round(
     second = ServiceProcess(root, sites, port, tmp_path / "service.log")
     try:
         done = wait_for_job(second.url, headers, job["id"], FINAL)
-        logs = [line["message"] for line in httpx.get(f"{second.url}/api/jobs/{job['id']}/logs", headers=headers).json()]
+        logs = [
+            line["message"]
+            for line in httpx.get(f"{second.url}/api/jobs/{job['id']}/logs", headers=headers).json()
+        ]
     finally:
         second.kill()
     assert done["state"] == "completed", done["reason"]
@@ -109,7 +133,9 @@ def test_killed_service_resumes_the_job_after_its_last_completed_round(
     # the rounds completed before the kill were kept as they were, not run again
     assert done["rounds"][: len(before)] == before
     resumed = [m for m in logs if m.startswith("the job service restarted")]
-    assert len(resumed) == 1 and resumed[0].startswith("the job service restarted; the job resumes after round")
+    assert len(resumed) == 1 and resumed[0].startswith(
+        "the job service restarted; the job resumes after round"
+    )
     after = int(resumed[0].rsplit(" ", 1)[1])
     assert after >= len(before)
     for n in range(1, 7):

@@ -24,7 +24,9 @@ def example() -> dict:
 
 def schema_errors(doc: object) -> list[str]:
     validator = jsonschema.Draft202012Validator(job_spec_schema())
-    return sorted(".".join(str(p) for p in e.absolute_path) or "(document)" for e in validator.iter_errors(doc))
+    return sorted(
+        ".".join(str(p) for p in e.absolute_path) or "(document)" for e in validator.iter_errors(doc)
+    )
 
 
 def test_the_committed_schema_is_the_built_one_and_is_valid() -> None:

@@ -117,7 +117,7 @@ class SuperLinkRunner:
         except json.JSONDecodeError:
             answer = None
         if done.returncode != 0 or not isinstance(answer, dict) or not answer.get("success", False):
-            said = (answer or {}).get("error") if isinstance(answer, dict) else None
+            said = answer.get("error-message") or answer.get("error") if isinstance(answer, dict) else None
             text = said or (done.stdout + done.stderr).strip()[-800:]
             raise RunnerError(f"flwr {args[0]} on the SuperLink at {self.address} failed: {text}")
         return answer
@@ -142,6 +142,10 @@ class SuperLinkRunner:
             if str(run.get("run-id")) == run_id:
                 return str(run.get("status", "unknown")), str(run.get("status-details", ""))
         return "unknown", f"the SuperLink does not know run {run_id}"
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run the SuperLink knows (answers once its Control API is up)."""
+        return list(self._flwr("ls", CONNECTION).get("runs", []))
 
     def stop(self, run_id: str) -> None:
         self._flwr("stop", run_id, CONNECTION)
