@@ -58,6 +58,12 @@ def test_an_invalid_spec_lists_every_problem_and_queues_nothing(job_service: Job
     assert toml.status_code == 422 and "not valid TOML" in toml.json()["detail"]
     other = httpx.post(f"{url}/api/jobs", content=b"x", headers={**headers, "Content-Type": "text/csv"})
     assert other.status_code == 415
+    past = httpx.post(
+        f"{url}/api/jobs", json=heart_job(deadline={"at": "2020-01-01T00:00:00Z"}), headers=headers
+    )
+    assert past.status_code == 422 and past.json()["errors"] == [
+        {"field": "deadline.at", "message": "in the past"}
+    ]
     assert httpx.get(f"{url}/api/jobs", headers=headers).json() == before
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +115,21 @@ class JobService:
         output = self.output(job.id)
         try:
             spec = JobSpec.from_json(job.spec)
+            end = job_deadline(spec)
+            if end is not None and _past(end):
+                self.store.set_state(
+                    job.id, "failed", f"the job's deadline {spec.deadline} passed before it ran"
+                )
+                return
             result = self.runner.run(
                 spec,
                 output,
                 progress=lambda: self.sync(job.id),
-                should_stop=lambda: self._stop.is_set() or self.store.cancel_requested(job.id),
+                should_stop=lambda: (
+                    self._stop.is_set()
+                    or self.store.cancel_requested(job.id)
+                    or (end is not None and _past(end))
+                ),
                 run_started=lambda run_id: self.store.set_run_id(job.id, run_id),
                 previous_run=job.run_id,
             )
@@ -128,9 +139,13 @@ class JobService:
             self.store.set_state(job.id, "failed", f"{type(exc).__name__}: {exc}")
             return
         if result.status == "cancelled":
+            done = len(output.completed_rounds())
             if self.store.cancel_requested(job.id):
-                done = len(output.completed_rounds())
                 self.store.set_state(job.id, "cancelled", f"cancelled after round {done}")
+            elif end is not None and _past(end):
+                self.store.set_state(
+                    job.id, "failed", f"the job's deadline {spec.deadline} passed after round {done}"
+                )
             else:
                 self.store.log(job.id, "the job service is stopping; the job resumes on restart")
             return
@@ -158,6 +173,18 @@ class JobService:
         if seen is None or seen.rounds != len(rounds) or seen.current != current:
             self.store.record_progress(job_id, current, rounds)
         self._seen[job_id] = _Seen(admissions, len(rounds), current)
+
+
+def job_deadline(job: JobSpec) -> datetime | None:
+    """The job's ``deadline.at`` (a date-time without a zone is UTC, as at the sites)."""
+    if not job.deadline:
+        return None
+    end = datetime.fromisoformat(job.deadline)
+    return end if end.tzinfo else end.replace(tzinfo=UTC)
+
+
+def _past(moment: datetime) -> bool:
+    return datetime.now(UTC) >= moment
 
 
 def result_from_output(output: RunOutput, job: JobSpec) -> FederationResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,7 +15,7 @@ from paroma.problems import Problem
 from ..auth import CANCELLERS, SUBMITTERS, Principal, sees_every_job
 from ..deps import principal, require_role, service, visible_job
 from ..http_models import JobOut, JobSummary, LogLine, Whoami
-from ..service import JobService
+from ..service import JobService, job_deadline
 from ..store import Job, JobStoreError
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -100,6 +101,12 @@ async def submit(
             str(exc),
             errors=[{"field": f, "message": m} for f, m in exc.problems],
         ) from exc
+    end = job_deadline(spec)
+    if end is not None and end <= datetime.now(UTC):
+        detail = f"deadline.at: {spec.deadline} is in the past"
+        raise Problem(
+            422, "Invalid job spec", detail, errors=[{"field": "deadline.at", "message": "in the past"}]
+        )
     job = svc.submit(who.subject, spec)
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return job_out(job)
