@@ -96,10 +96,11 @@ def _round_line(round_: dict[str, Any]) -> str:
 
 
 def _admission_lines(job: dict[str, Any]) -> list[str]:
-    return [
-        f"  {a['site_id']}: {'admits' if a['accepted'] else 'refuses'} — {a['reason']}"
-        for a in job["admissions"]
-    ]
+    lines = []
+    for a in job["admissions"]:
+        said = "" if a["reason"] in ("", "admitted") else f" — {a['reason']}"
+        lines.append(f"  {a['site_id']}: {'admits' if a['accepted'] else 'refuses'}{said}")
+    return lines
 
 
 @job_app.command("submit")
