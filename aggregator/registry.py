@@ -111,6 +111,7 @@ def build_provenance(job: JobSpec, result: FederationResult) -> dict[str, Any]:
                     "isolation_levels": [],
                     "privacy_spent": {},
                     "errors": [],
+                    "per_round": [],
                 },
             )
             if site.error:
@@ -118,6 +119,16 @@ def build_provenance(job: JobSpec, result: FederationResult) -> dict[str, Any]:
             if not site.n_train and not site.cohort:
                 continue
             entry["rounds"].append(rnd.server_round)
+            # consent can change during a job: each round's cohort and what it was decided on
+            entry["per_round"].append(
+                {
+                    "round": rnd.server_round,
+                    "cohort": dict(site.cohort),
+                    "snapshot": site.snapshot,
+                    "policy_version": site.policy_version,
+                    "isolation": site.isolation,
+                }
+            )
             entry["cohort"] = dict(site.cohort)  # the latest round's cohort sizes
             entry["snapshots"].append(site.snapshot)
             entry["policy_versions"].append(site.policy_version)
@@ -358,7 +369,14 @@ class ModelRegistry:
         return [m for m in self._replay().values() if owner is None or m.owner == owner]
 
     def pull(self, model_id: str) -> tuple[dict[str, np.ndarray], RegisteredModel]:
-        """The model's weights, checked against the sha256 recorded at registration."""
+        """The model's weights, checked against the sha256 recorded at registration, from
+        a registry whose log verifies (fail closed: a tampered history serves nothing)."""
+        try:
+            checked = self.log.verify()
+        except AuditError as exc:
+            raise RegistryError(f"the registry log cannot be checked: {exc}") from exc
+        if checked.problems:
+            raise RegistryError(f"the registry log is tampered, nothing is pulled: {checked.problems[0]}")
         model = self.get(model_id)
         if model.state == "retired":
             raise RegistryError(f"model {model_id} is retired and cannot be pulled")
@@ -389,6 +407,12 @@ class ModelRegistry:
     def verify(self) -> builtins.list[str]:
         """Every problem found: the log's chain, signatures and end, the lifecycle it
         records, and each model's weights against their recorded sha256. [] when intact."""
+        if not self.log.path.exists():
+            # a registry that never registered has neither a log nor a key nor weights
+            used = self.log.key_path.exists() or self.log.head_path.exists()
+            if used or (self.models_dir.is_dir() and any(self.models_dir.iterdir())):
+                return [f"the registry log {self.log.path} is missing (deleted)"]
+            return []
         try:
             checked = self.log.verify()
         except AuditError as exc:

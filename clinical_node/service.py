@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import FastAPI, Header, Request
@@ -24,7 +26,15 @@ def bearer(authorization: str | None) -> str | None:
 
 def create_app(site: Site) -> FastAPI:
     tokens = TokenStore(site.root / "keys" / "api-tokens.json")
-    app = FastAPI(title=f"PAROMA-MED clinical node {site.site_id}", version="0.1.0")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the site's catalogue is published on its schedule while the service runs
+        stop = app.state.catalogue.start()
+        yield
+        stop.set()
+
+    app = FastAPI(title=f"PAROMA-MED clinical node {site.site_id}", version="0.1.0", lifespan=lifespan)
     install_problem_handlers(app)
 
     def require_site_admin(authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -43,6 +53,12 @@ def create_app(site: Site) -> FastAPI:
     app.state.protection = protection
     app.include_router(build_consent_router(lambda: protection.consents, require_site_admin))
     app.include_router(build_fhir_router(lambda: site.fhir, require_site_admin))
+    from .catalogue import CataloguePublisher
+    from .federation_api import build_federation_router
+
+    publisher = CataloguePublisher(site)
+    app.state.catalogue = publisher
+    app.include_router(build_federation_router(protection, tokens, publisher.current))
 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> JSONResponse:

@@ -12,6 +12,7 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
+from paroma.cli_discovery import catalog, feasibility
 from paroma.cli_job import job_app
 from paroma.cli_registry import model_app
 
@@ -25,6 +26,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(pce_app, name="pce")
 app.add_typer(job_app, name="job")
 app.add_typer(model_app, name="model")
+app.command("feasibility")(feasibility)
+app.command("catalog")(catalog)
 
 
 def fail(message: str, code: int = 2) -> None:

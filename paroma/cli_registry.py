@@ -24,7 +24,9 @@ def fail(message: str, code: int = 2) -> None:
 def _registry(folder: Path, *, must_exist: bool = True) -> Any:
     from aggregator.registry import ModelRegistry
 
-    if must_exist and not (folder / "log").is_dir():
+    if must_exist and not folder.is_dir():
+        fail(f"--registry {folder}: no such folder")
+    if must_exist and any(folder.iterdir()) and not (folder / "log").is_dir():
         fail(f"--registry {folder}: not a model registry (no log/ folder)")
     return ModelRegistry(folder)
 

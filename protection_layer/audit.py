@@ -51,6 +51,9 @@ CONSENT_CHANGE = "consent-change"  # patient, consent, version, change, status
 ROUND = "round"  # job, round, kind, status, num_examples, reason
 POLICY = "policy"  # loaded | rejected, version, error
 RECOVERY = "recovery"  # torn_bytes: an interrupted append was cut off
+FEASIBILITY = (
+    "feasibility"  # requester, purpose, organization, cohort, reported, k, policy_version[, consent_requests]
+)
 
 
 class AuditError(Exception):

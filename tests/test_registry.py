@@ -17,8 +17,10 @@ from aggregator.registry import ModelRegistry, RegistryError
 from clinical_node.runtime import forget_nodes
 from clinical_node.site import Site
 from deploy.inprocess import run_inprocess_job
-from paroma.demo import DEMO_POLICY, demo_job
+from paroma.demo import DEMO_POLICY, demo_job, revoke_one_patient
 from paroma.jobspec import JobSpec, parse_job_spec
+
+pytestmark = pytest.mark.slow  # one real federation, shared by the module
 
 
 def _short_job(rounds: int = 2) -> JobSpec:
@@ -43,8 +45,24 @@ def federation(
     hungary.write_policy(replace(DEMO_POLICY, require_dp=True, dp_clip_norm=5.0, dp_noise_multiplier=0.01))
     hungary.close()
     job = _short_job()
+
+    class WithdrawAfterRoundOne:
+        """A Cleveland patient withdraws consent after round 1, as in the demo."""
+
+        def admissions(self, admissions: object) -> None:
+            pass
+
+        def round_started(self, server_round: int, total: int) -> None:
+            pass
+
+        def round_finished(self, result: object) -> None:
+            if getattr(result, "server_round", 0) == 1:
+                revoke_one_patient(root / "cleveland", job)
+
     try:
-        result = run_inprocess_job(job, [root / "cleveland", root / "hungarian"])
+        result = run_inprocess_job(
+            job, [root / "cleveland", root / "hungarian"], observer=WithdrawAfterRoundOne()
+        )
     finally:
         forget_nodes()
     assert result.status == "completed", result.reason
@@ -69,10 +87,21 @@ def test_register_records_provenance_from_the_federation(
         assert site["rounds"] == [1, 2]
         assert site["cohort"]["permit"] > 0 and site["cohort"]["train"] > 0
         # the consent snapshot and policy version each round's data was decided under
-        assert len(site["snapshots"]) == 1 and len(site["snapshots"][0]) == 64
+        assert all(len(s) == 64 for s in site["snapshots"])
         assert len(site["policy_versions"]) == 1 and site["policy_versions"][0]
         assert site["isolation_levels"] == [result.rounds[-1].sites[name].isolation]
-    assert p["sites"]["cleveland"]["cohort"]["train"] == 199
+        assert [r["round"] for r in site["per_round"]] == [1, 2]
+        assert [r["snapshot"] for r in site["per_round"]] == [
+            result.rounds[0].sites[name].snapshot,
+            result.rounds[1].sites[name].snapshot,
+        ]
+        assert site["per_round"][1]["cohort"] == site["cohort"]
+    # the withdrawal after round 1 shows: Cleveland's round 2 read other data, one patient fewer
+    cleveland = p["sites"]["cleveland"]["per_round"]
+    assert cleveland[0]["snapshot"] != cleveland[1]["snapshot"]
+    assert cleveland[1]["cohort"]["permit"] == cleveland[0]["cohort"]["permit"] - 1
+    assert len(p["sites"]["cleveland"]["snapshots"]) == 2 and len(p["sites"]["hungarian"]["snapshots"]) == 1
+    assert p["sites"]["cleveland"]["per_round"][0]["cohort"]["train"] == 199
     assert p["sites"]["cleveland"]["privacy_spent"] == {}
     dp = p["sites"]["hungarian"]["privacy_spent"]
     assert dp["clip-norm"] == 5.0 and dp["releases"] == 2.0 and dp["epsilon"] > 0
@@ -174,6 +203,8 @@ def test_verify_detects_an_edited_entry(three_models: ModelRegistry) -> None:
     lines[0] = json.dumps(entry).encode() + b"\n"
     three_models.log.path.write_bytes(b"".join(lines))
     assert any("entry edited" in p for p in three_models.verify())
+    with pytest.raises(RegistryError, match="tampered, nothing is pulled"):
+        three_models.pull(entry["data"]["model_id"])
 
 
 def test_verify_detects_a_deleted_entry(three_models: ModelRegistry) -> None:
@@ -193,6 +224,12 @@ def test_verify_detects_reordered_entries(three_models: ModelRegistry) -> None:
     three_models.log.path.write_bytes(a + c + b)
     problems = three_models.verify()
     assert any("does not chain" in p for p in problems)
+
+
+def test_verify_detects_a_deleted_log(three_models: ModelRegistry) -> None:
+    three_models.log.path.unlink()
+    three_models.log.head_path.unlink()
+    assert any("is missing (deleted)" in p for p in three_models.verify())
 
 
 def test_verify_and_pull_detect_a_changed_weights_file(three_models: ModelRegistry) -> None:
@@ -282,6 +319,11 @@ def test_cli_list_show_card_promote_retire_verify(
     bad = _cli("model", "verify", "--registry", reg)
     assert bad.exit_code == 1 and "TAMPERED" in bad.output  # type: ignore[attr-defined]
     missing = _cli("model", "list", "--registry", tmp_path / "nowhere")
-    assert missing.exit_code == 2 and "not a model registry" in missing.output  # type: ignore[attr-defined]
+    assert missing.exit_code == 2 and "no such folder" in missing.output  # type: ignore[attr-defined]
+    not_registry = _cli("model", "list", "--registry", reg / "models")
+    assert not_registry.exit_code == 2 and "not a model registry" in not_registry.output  # type: ignore[attr-defined]
+    (tmp_path / "empty").mkdir()
+    empty = _cli("model", "verify", "--registry", tmp_path / "empty")
+    assert empty.exit_code == 0 and "intact: 0 model(s)" in empty.output  # type: ignore[attr-defined]
     unknown = _cli("model", "show", "nope", "--registry", reg)
     assert unknown.exit_code == 2 and "no model 'nope'" in unknown.output  # type: ignore[attr-defined]
