@@ -28,6 +28,7 @@ from .runner import RunnerError
 from .service import result_from_output
 
 CONNECTION = "paroma"
+_MAX_UNANSWERED = 10  # consecutive failed status queries before the job fails
 APP_NAME = "paroma-job"
 _APP_PYPROJECT = f"""# The Flower App the job service submits: the installed PAROMA-MED ServerApp and ClientApp.
 [build-system]
@@ -93,7 +94,7 @@ class SuperLinkRunner:
 
     # -- the flwr CLI ----------------------------------------------------------------------
 
-    def _flwr(self, *args: str) -> Any:
+    def _run_flwr(self, args: list[str]) -> subprocess.CompletedProcess[str]:
         bin_dir = Path(sys.executable).parent
         env = {
             **os.environ,
@@ -101,8 +102,8 @@ class SuperLinkRunner:
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         try:
-            done = subprocess.run(
-                [str(bin_dir / "flwr"), *args, "--format", "json"],
+            return subprocess.run(
+                [str(bin_dir / "flwr"), *args],
                 capture_output=True,
                 text=True,
                 env=env,
@@ -112,6 +113,14 @@ class SuperLinkRunner:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise RunnerError(f"flwr {args[0]}: {exc}") from exc
+
+    def run_log(self, run_id: str, lines: int = 20) -> str:
+        """The last lines of the run's log (the ServerApp's), as ``flwr log --show`` gives it."""
+        done = self._run_flwr(["log", run_id, CONNECTION, "--show"])
+        return "\n".join((done.stdout + done.stderr).strip().splitlines()[-lines:])
+
+    def _flwr(self, *args: str) -> Any:
+        done = self._run_flwr([*args, "--format", "json"])
         try:
             answer = json.loads(done.stdout[done.stdout.find("{") :]) if "{" in done.stdout else None
         except json.JSONDecodeError:
@@ -175,13 +184,22 @@ class SuperLinkRunner:
             run_id = self.submit(job, output)
             run_started(run_id)
         stopping = False
+        unanswered = 0
         while True:
             time.sleep(self.poll_s)
             progress()
             if not stopping and should_stop():
                 self.stop(run_id)
                 stopping = True
-            state, details = self.status(run_id)
+            try:
+                state, details = self.status(run_id)
+                unanswered = 0
+            except RunnerError:
+                # a SuperLink busy or restarting for a moment is not the run's end
+                unanswered += 1
+                if unanswered >= _MAX_UNANSWERED:
+                    raise
+                continue
             if not state.startswith("finished"):
                 continue
             progress()
@@ -189,9 +207,13 @@ class SuperLinkRunner:
                 return _cancelled(job, output)
             if output.result() is not None:
                 return result_from_output(output, job)
+            try:
+                tail = self.run_log(run_id, lines=5)
+            except RunnerError as exc:
+                tail = str(exc)
             raise RunnerError(
                 f"Flower run {run_id} ended ({state}{': ' + details if details not in ('', 'N/A') else ''}) "
-                "without a result; its ServerApp log is in the SuperLink's (flwr log)"
+                f"without a result; the end of its log (flwr log {run_id}): {tail or '(empty)'}"
             )
 
 
