@@ -69,7 +69,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     _write_atomic(path, (json.dumps(json_safe(data), indent=1, sort_keys=True) + "\n").encode())
 
 
@@ -132,11 +132,11 @@ class RunOutput:
 
     def write_progress(self, **progress: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_json(self.folder / PROGRESS, progress)
+        write_json_atomic(self.folder / PROGRESS, progress)
 
     def write_admissions(self, admissions: list[Admission]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_json(self.folder / ADMISSIONS, [asdict(a) for a in admissions])
+        write_json_atomic(self.folder / ADMISSIONS, [asdict(a) for a in admissions])
 
     def write_checkpoint(
         self, job_sha256: str, rounds: list[dict[str, Any]], weights: dict[str, np.ndarray]
@@ -148,7 +148,7 @@ class RunOutput:
         name = f"weights-round-{completed}.npz"
         _write_atomic(self.folder / name, data)
         previous = self._read(CHECKPOINT)
-        _write_json(
+        write_json_atomic(
             self.folder / CHECKPOINT,
             {
                 "job_sha256": job_sha256,
@@ -167,7 +167,7 @@ class RunOutput:
         self.folder.mkdir(parents=True, exist_ok=True)
         body = result.to_dict()
         body["rounds"] = rounds
-        _write_json(self.folder / RESULT, body)
+        write_json_atomic(self.folder / RESULT, body)
 
     # -- read by the job service and by a resumed run -------------------------------------
 

@@ -156,3 +156,22 @@ def test_cancel_while_queued_and_while_running(job_service: JobServiceFixture) -
     again = httpx.post(f"{url}/api/jobs/{long['id']}/cancel", headers=headers)
     assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
     assert wait_for_job(url, headers, queued["id"], FINAL)["rounds"] == []
+
+
+def test_a_job_resumed_while_registering_does_not_register_twice(
+    job_service: JobServiceFixture, alice_jobs: dict[str, dict]
+) -> None:
+    from aggregator.jobs.service import result_from_output
+    from paroma.jobspec import JobSpec
+
+    service = job_service.service
+    job = service.store.get(alice_jobs["completed"]["id"])
+    spec = JobSpec.from_json(job.spec)
+    output = service.output(job.id)
+    assert (output.folder / "registering.json").exists()
+    # as if the service had been killed after the registry wrote the model and before the
+    # job service recorded it
+    (output.folder / "model.json").unlink()
+    models = len(service.registry.list())
+    assert service._register(job, spec, result_from_output(output, spec), output) == job.model_id
+    assert len(service.registry.list()) == models

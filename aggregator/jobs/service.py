@@ -10,6 +10,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.federation import Admission, FederationResult
-from aggregator.run_output import RunOutput, round_from_dict
+from aggregator.run_output import RunOutput, round_from_dict, write_json_atomic
 from paroma.jobspec import JobSpec
 
 from .auth import JobTokenStore
@@ -153,13 +154,35 @@ class JobService:
             self.store.set_state(job.id, "failed", result.reason or "the run failed")
             return
         try:
-            model = self.registry.register(spec, result, owner=job.owner)
+            model_id = self._register(job, spec, result, output)
         except Exception as exc:
             log.exception("job %s: model registration failed", job.id)
             self.store.set_state(job.id, "failed", f"the model could not be registered: {exc}")
             return
-        self.store.set_model(job.id, model.model_id)
+        self.store.set_model(job.id, model_id)
         self.store.set_state(job.id, "completed", log=f"completed: {len(result.rounds)} rounds")
+
+    def _register(self, job: Job, spec: JobSpec, result: FederationResult, output: RunOutput) -> str:
+        """Register the job's model once, even when the service is killed while registering: a
+        marker written before registering lets the resumed job find the model it registered."""
+        registered = output.folder / "model.json"
+        if registered.exists():
+            return str(json.loads(registered.read_text())["model_id"])
+        marker = output.folder / "registering.json"
+        if marker.exists():
+            since = str(json.loads(marker.read_text())["since"])
+            for model in reversed(self.registry.list(job.owner)):
+                if model.provenance.get("job", {}).get("sha256") == spec.sha256 and model.created >= since:
+                    write_json_atomic(registered, {"model_id": model.model_id})
+                    return model.model_id
+        else:
+            # the registry's timestamps have whole seconds
+            write_json_atomic(
+                marker, {"since": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            )
+        model = self.registry.register(spec, result, owner=job.owner)
+        write_json_atomic(registered, {"model_id": model.model_id})
+        return model.model_id
 
     def sync(self, job_id: str) -> None:
         """Bring the store up to date with the job's run output."""
