@@ -2,7 +2,9 @@
 test: ``flower-superlink --insecure`` and one ``flower-supernode --insecure`` per UCI site
 (``--node-config site-dir=…``). A job submitted to the service becomes a Flower run (``flwr
 run`` over the Control API), its ServerApp writes admissions and checkpoints to the run's
-output folder, and the job completes with its model registered."""
+output folder, and the job completes with its model registered. The ServerApp's process is
+killed (SIGKILL) after the first round: the run ends without a result, the service submits a
+new run, and that one resumes after the checkpointed round."""
 
 from __future__ import annotations
 
@@ -90,6 +92,30 @@ class Deployment:
                 )
             )
 
+    def serverapp_pids(self) -> list[int]:
+        """The ServerApp processes started under this test's SuperLink (through its SuperExec)."""
+        link = self.processes[0].pid
+
+        def parent(pid: int) -> int:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return int(stat.rsplit(")", 1)[1].split()[1])
+
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if b"flwr-serverapp" not in (entry / "cmdline").read_bytes():
+                    continue
+                pid = int(entry.name)
+                while pid > 1 and pid != link:
+                    pid = parent(pid)
+                if pid == link:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
     def close(self) -> None:
         for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
@@ -127,17 +153,38 @@ def test_a_job_runs_as_a_flower_run_on_the_superlink(deployment: Deployment, tmp
                     time.sleep(0.5)
             job = httpx.post(
                 f"{server.url}/api/jobs",
-                json=heart_job(name="on-superlink", rounds=1, training={"local_steps": 5}),
+                json=heart_job(name="on-superlink", rounds=2, training={"local_steps": 5}),
                 headers=headers,
             ).json()
-            done = wait_for_job(server.url, headers, job["id"], FINAL, timeout=600)
+            first = wait_for_job(server.url, headers, job["id"], ("running", *FINAL), timeout=600)
+            deadline = time.monotonic() + 600
+            while first["completed_rounds"] < 1 and first["state"] not in FINAL:
+                assert time.monotonic() < deadline, first
+                time.sleep(0.2)
+                first = httpx.get(f"{server.url}/api/jobs/{job['id']}", headers=headers).json()
+            assert first["state"] == "running" and first["completed_rounds"] < 2, first
+            killed = deployment.serverapp_pids()
+            assert killed, "no ServerApp process found"
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+            done = wait_for_job(server.url, headers, job["id"], FINAL, timeout=900)
+            logs = [
+                line["message"]
+                for line in httpx.get(f"{server.url}/api/jobs/{job['id']}/logs", headers=headers).json()
+            ]
     finally:
         service.stop()
     assert done["state"] == "completed", done["reason"]
-    assert done["run_id"].isdigit()  # a Flower run id
+    assert done["run_id"].isdigit() and done["run_id"] != first["run_id"]  # a second Flower run
     assert runner.status(done["run_id"])[0] == "finished:completed"
+    assert runner.status(first["run_id"])[0].startswith("finished:")
+    again = [m for m in logs if m.startswith(f"Flower run {first['run_id']} ended")]
+    assert len(again) == 1 and f"submitted again as run {done['run_id']}" in again[0], logs
     assert done["participating_sites"] == ["cleveland", "hungarian"]
-    assert [r["round"] for r in done["rounds"]] == [1]
+    assert [r["round"] for r in done["rounds"]] == [1, 2]
+    assert done["rounds"][: first["completed_rounds"]] == first["rounds"]
+    for n in (1, 2):
+        assert sum(m.startswith(f"round {n} completed") for m in logs) == 1, logs
     assert set(done["rounds"][0]["sites"]) == {"cleveland", "hungarian"}
     assert done["model_id"].startswith("on-superlink-")
     run_folder = tmp_path / "service" / "runs" / job["id"]

@@ -31,7 +31,9 @@ class JobRunner(Protocol):
     """Runs one job to its end, resuming from ``output``'s checkpoint when it holds one;
     ``progress`` is called whenever ``output`` changed, ``should_stop`` before every round,
     ``run_started`` with the runtime's id for the run; ``previous_run`` is the id of the run
-    that ran the job before the service restarted ("" for a new job)."""
+    that ran the job before the service restarted ("" for a new job); ``note`` adds a line to
+    the job's log; ``detach`` says the service is stopping (the job should resume when it
+    starts again: a run elsewhere goes on, one in this process stops after its round)."""
 
     name: str
 
@@ -44,6 +46,8 @@ class JobRunner(Protocol):
         should_stop: Callable[[], bool],
         run_started: Callable[[str], None],
         previous_run: str = "",
+        note: Callable[[str], None] | None = None,
+        detach: Callable[[], bool] = lambda: False,
     ) -> FederationResult: ...
 
 
@@ -81,6 +85,8 @@ class LocalRunner:
         should_stop: Callable[[], bool],
         run_started: Callable[[str], None],
         previous_run: str = "",
+        note: Callable[[str], None] | None = None,
+        detach: Callable[[], bool] = lambda: False,
     ) -> FederationResult:
         sites: Sequence[Path] = self.sites()
         if not sites:
@@ -99,5 +105,5 @@ class LocalRunner:
             observer=_Notify(progress),
             expected_sites=len(sites),
             node_wait_s=0,
-            should_stop=should_stop,
+            should_stop=lambda: should_stop() or detach(),
         )

@@ -126,13 +126,11 @@ class JobService:
                 spec,
                 output,
                 progress=lambda: self.sync(job.id),
-                should_stop=lambda: (
-                    self._stop.is_set()
-                    or self.store.cancel_requested(job.id)
-                    or (end is not None and _past(end))
-                ),
+                should_stop=lambda: self.store.cancel_requested(job.id) or (end is not None and _past(end)),
+                detach=self._stop.is_set,
                 run_started=lambda run_id: self.store.set_run_id(job.id, run_id),
                 previous_run=job.run_id,
+                note=lambda line: self.store.log(job.id, line),
             )
             self.sync(job.id)
         except Exception as exc:  # one job's failure must not touch the others

@@ -29,6 +29,7 @@ from .service import result_from_output
 
 CONNECTION = "paroma"
 _MAX_UNANSWERED = 10  # consecutive failed status queries before the job fails
+_MAX_RESUBMITS = 3  # runs that died after progress, submitted again
 APP_NAME = "paroma-job"
 _APP_PYPROJECT = f"""# The Flower App the job service submits: the installed PAROMA-MED ServerApp and ClientApp.
 [build-system]
@@ -170,6 +171,8 @@ class SuperLinkRunner:
         should_stop: Callable[[], bool],
         run_started: Callable[[str], None],
         previous_run: str = "",
+        note: Callable[[str], None] | None = None,
+        detach: Callable[[], bool] = lambda: False,
     ) -> FederationResult:
         run_id = ""
         if previous_run and not previous_run.startswith("local-"):
@@ -185,9 +188,14 @@ class SuperLinkRunner:
             run_started(run_id)
         stopping = False
         unanswered = 0
+        resubmits = 0
+        rounds_at_submit = len(output.completed_rounds())
         while True:
             time.sleep(self.poll_s)
             progress()
+            if detach():
+                # the run goes on at the SuperLink; the restarted service follows it again
+                return _cancelled(job, output)
             if not stopping and should_stop():
                 self.stop(run_id)
                 stopping = True
@@ -211,6 +219,20 @@ class SuperLinkRunner:
                 tail = self.run_log(run_id, lines=5)
             except RunnerError as exc:
                 tail = str(exc)
+            done = len(output.completed_rounds())
+            if done > rounds_at_submit and resubmits < _MAX_RESUBMITS:
+                # the ServerApp died after checkpointing progress: a new run resumes after it
+                resubmits += 1
+                ended = run_id
+                rounds_at_submit = done
+                run_id = self.submit(job, output)
+                run_started(run_id)
+                if note is not None:
+                    note(
+                        f"Flower run {ended} ended ({state}) without a result after round {done}; "
+                        f"submitted again as run {run_id}, which resumes after round {done}"
+                    )
+                continue
             raise RunnerError(
                 f"Flower run {run_id} ended ({state}{': ' + details if details not in ('', 'N/A') else ''}) "
                 f"without a result; the end of its log (flwr log {run_id}): {tail or '(empty)'}"
