@@ -315,7 +315,9 @@ def serve(
     ] = None,
     superlink: Annotated[
         str | None,
-        typer.Option("--superlink", help="or as Flower runs: the SuperLink's Control API (host:port)"),
+        typer.Option(
+            "--superlink", help="or as Flower runs: the SuperLink's Control API (its --host:--port)"
+        ),
     ] = None,
     app_dir: Annotated[
         Path | None,
