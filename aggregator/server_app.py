@@ -2,14 +2,13 @@
 
 The job comes from the run config: ``job-spec`` holds a job spec (TOML file path or its JSON);
 without one, a FLamby heart-disease job with ``num-server-rounds`` rounds and ``strategy`` is
-run. Results are written as JSON to ``output-dir`` when it is set.
+run. With ``output-dir`` set, the run writes its admissions, progress, a checkpoint after every
+round and its result there (aggregator/run_output.py), and resumes from a checkpoint it finds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from clinical_node.plans import TrainingPlan
 from paroma.jobspec import JobSpec, parse_job_spec
 
 from .federation import FederationObserver, FederationResult, run_federation
-from .progress import ProgressFile
+from .run_output import RunOutput, run_with_checkpoints
 
 log = logging.getLogger("paroma.aggregator")
 
@@ -63,16 +62,14 @@ def build_server_app(
         out = str(context.run_config.get("output-dir", "") or "")
         # A deployment's run says how many sites to wait for before admission.
         expected = expected_sites or int(context.run_config.get("expected-sites", 0) or 0) or None
-        watcher = ProgressFile(Path(out), observer) if out else observer
-        result = run_federation(grid, spec, observer=watcher, expected_sites=expected)
+        if out:
+            result = run_with_checkpoints(
+                grid, spec, RunOutput(Path(out)), observer=observer, expected_sites=expected
+            )
+        else:
+            result = run_federation(grid, spec, observer=observer, expected_sites=expected)
         if results is not None:
             results.append(result)
-        if out:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            # Whole or not at all: a deployment waits for this file to appear.
-            tmp = Path(out) / ".federation.json.tmp"
-            tmp.write_text(json.dumps(result.to_dict(), indent=2))
-            os.replace(tmp, Path(out) / "federation.json")
         log.info("job %s %s %s", spec.name, result.status, result.reason)
 
     return app

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aggregator.progress import PROGRESS_FILE
+from aggregator.run_output import PROGRESS, RunOutput
 from paroma.jobspec import JobSpec
 
 from .federation_config import FederationConfig
@@ -37,14 +37,14 @@ class SubmittedJob:
 
     @property
     def progress_path(self) -> Path:
-        return self.out / PROGRESS_FILE
+        return self.out / PROGRESS
 
     def progress(self) -> dict[str, Any]:
+        """The run's phase, current round and total (aggregator/run_output.py), {} before any."""
         try:
-            data = json.loads(self.progress_path.read_text())
-        except (OSError, ValueError):
+            return RunOutput(self.out).progress()
+        except Exception:  # a file being replaced or unreadable: no progress to show yet
             return {}
-        return data if isinstance(data, dict) else {}
 
 
 def submit(config: FederationConfig, job: JobSpec, *, out: Path | None = None) -> SubmittedJob:

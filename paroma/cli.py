@@ -15,6 +15,7 @@ from paroma.cli_consent import audit_app, consent_app
 from paroma.cli_deploy import deploy_app
 from paroma.cli_discovery import catalog, feasibility
 from paroma.cli_federation import down, fed_app, status, up
+from paroma.cli_job import job_app
 from paroma.cli_node_ops import join, keys, policy_app
 from paroma.cli_pki import pki_app
 from paroma.cli_registry import model_app
@@ -41,6 +42,7 @@ node_app.add_typer(policy_app, name="policy")
 node_app.command("keys")(keys)
 node_app.command("join")(join)
 data_app.command("synthetic")(data_synthetic)
+app.add_typer(job_app, name="job")
 app.add_typer(model_app, name="model")
 app.command("feasibility")(feasibility)
 app.command("catalog")(catalog)

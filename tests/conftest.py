@@ -101,3 +101,105 @@ def engine(request: pytest.FixtureRequest, opa_server: LiveServer) -> Iterator[P
     made: PolicyEngine = RegorusEngine() if request.param == "embedded" else OpaServerEngine(opa_server.url)
     yield made
     made.close()
+
+
+# -- the job service (tests/test_jobs_*.py) --------------------------------------------------
+
+
+def copy_uci_sites(template: Path, root: Path, keys: tuple[str, ...] = ("cleveland", "hungarian")) -> Path:
+    """Copies of some UCI site folders under ``root`` (the sites a job service runs over)."""
+    for key in keys:
+        shutil.copytree(template / key, root / key)
+        for key_file in (root / key / "keys").iterdir():
+            key_file.chmod(0o600)
+    return root
+
+
+class JobServiceFixture:
+    """A job service (local runner over two UCI sites) on a live server, with tokens."""
+
+    def __init__(self, root: Path, sites: Path) -> None:
+        from aggregator.jobs.app import create_app
+        from aggregator.jobs.runner import LocalRunner
+        from aggregator.jobs.service import JobService
+
+        self.root = root
+        self.sites = sites
+        self.service = JobService(root, LocalRunner(sites))
+        self.tokens = {
+            name: self.service.tokens.issue(role, name)
+            for name, role in (
+                ("alice", "data-scientist"),
+                ("bob", "data-scientist"),
+                ("hospital-admin", "site-admin"),
+                ("ops", "operator"),
+            )
+        }
+        self.server = LiveServer(create_app(self.service))
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+
+@pytest.fixture(scope="session")
+def job_service(
+    uci_sites_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JobServiceFixture]:
+    base = tmp_path_factory.mktemp("job-service")
+    fixture = JobServiceFixture(base / "service", copy_uci_sites(uci_sites_template, base / "sites"))
+    fixture.service.start()
+    with fixture.server:
+        yield fixture
+    fixture.service.stop()
+
+
+def wait_for_job(
+    url: str, headers: dict[str, str], job_id: str, states: tuple[str, ...], timeout: float = 300
+) -> dict:
+    """Poll the job service until the job is in one of ``states``; its status."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{url}/api/jobs/{job_id}", headers=headers, timeout=30).json()
+        if job["state"] in states:
+            return dict(job)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['state']} after {timeout} s: {job}")
+        time.sleep(0.1)
+
+
+def heart_job(**changes: object) -> dict:
+    """The shipped example job spec (aggregator/jobs/examples/heart.toml) as a document."""
+    import tomllib
+
+    doc = tomllib.loads((Path(__file__).parent.parent / "aggregator/jobs/examples/heart.toml").read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            doc.setdefault(key, {}).update(value)
+        else:
+            doc[key] = value
+    return doc
+
+
+@pytest.fixture(scope="session")
+def alice_jobs(job_service: JobServiceFixture) -> dict[str, dict]:
+    """Two jobs of alice, queued together: one every site refuses, then a good one (2 rounds)."""
+    import httpx
+
+    headers = job_service.headers("alice")
+    refused = httpx.post(
+        f"{job_service.url}/api/jobs", json=heart_job(purpose="CLINTRCH", name="refused"), headers=headers
+    ).json()
+    good = httpx.post(
+        f"{job_service.url}/api/jobs", json=heart_job(rounds=2, name="heart-2"), headers=headers
+    ).json()
+    final = ("completed", "failed", "cancelled")
+    return {
+        "refused": wait_for_job(job_service.url, headers, refused["id"], final),
+        "completed": wait_for_job(job_service.url, headers, good["id"], final),
+    }

@@ -307,7 +307,7 @@ def test_relay_failure_cve_and_site_death_mid_job(federation: FederationConfig, 
     submitted = submit(federation, job, out=tmp_path / "run")
 
     def at_round(n: int) -> bool:
-        return int(submitted.progress().get("current_round", 0)) >= n
+        return int(submitted.progress().get("round", 0)) >= n
 
     # 1. A relay on cleveland's active path dies in round 1: the path moves off it.
     wait_until(lambda: at_round(1), 300, "round 1")
