@@ -116,7 +116,7 @@ const WORDS = { PERMIT: "Allowed", DENY: "Refused", NO_CONSENT: "Not decided yet
 function dataChoices(purpose) {
   const chosen = new Set(purpose.exclusions.map((e) => `${e.kind}:${e.value}`));
   const fieldset = el("fieldset", { class: "exclusions" },
-    el("legend", { text: `Keep some of my data out of ${purpose.title.toLowerCase()}` }));
+    el("legend", { text: `Data to keep out of ${purpose.title.toLowerCase()}` }));
   const data = state.overview.data;
   if (!data.length) fieldset.append(el("p", { class: "muted", text: "Your record holds no data of this kind." }));
   for (const item of data) {
@@ -128,7 +128,12 @@ function dataChoices(purpose) {
       : `${item.words} (${item.records})`;
     fieldset.append(el("p", { class: item.kind === "class" ? "check" : "check indent" }, box, el("label", { for: id, text: label })));
   }
-  return fieldset;
+  // Folded away unless something is kept out already: most patients decide per purpose only.
+  const count = purpose.exclusions.length;
+  const details = el("details", { class: "data-choices" },
+    el("summary", { text: count ? `Keep some of my data out (${count} chosen)` : "Keep some of my data out" }), fieldset);
+  details.open = count > 0;
+  return details;
 }
 
 function checkedExclusions(card) {
@@ -136,13 +141,18 @@ function checkedExclusions(card) {
     box.dataset.kind === "class" ? { class: box.dataset.value } : { code: box.dataset.value });
 }
 
+function keptOut(card) {
+  return [...card.querySelectorAll("fieldset.exclusions input:checked")].map((box) => box.labels[0].textContent);
+}
+
 async function choose(purpose, decision, card) {
+  const words = keptOut(card);
   const exclude = decision === "permit" ? checkedExclusions(card) : [];
   try {
     const saved = await call("PUT", `/research/${purpose.code}`, { decision, exclude });
     await Promise.all([loadOverview(), loadActivity()]);
     const what = decision === "permit"
-      ? `You allow ${purpose.title.toLowerCase()}${exclude.length ? `, keeping ${exclude.length} kind(s) of data out` : ""}.`
+      ? `You allow ${purpose.title.toLowerCase()}${exclude.length ? `, keeping out: ${words.join("; ")}` : ""}.`
       : `You refuse ${purpose.title.toLowerCase()}.`;
     notify(`Saved as consent version ${saved.version}. ${what} This counts from the next training round.`);
     const again = document.querySelector(`article[data-purpose="${purpose.code}"] .status`);
