@@ -1,30 +1,28 @@
-"""A site's queue of consent requests: studies asking patients for research consent.
+"""A site's queue of consent requests: asks to a patient to consent to a study, waiting
+for the patient dashboard to deliver them and for the patient's answer.
 
-A feasibility query that finds a patient NO_CONSENT for its purpose and organisation may
-leave them a request; the patient answers it on the consent dashboard, where accepting
-becomes a permit Consent and declining a refusal (both through the ConsentStore). The
-queue is ``consent-requests.sqlite`` in the site folder: every write is one SQLite
-transaction, and several processes (the node's service, a feasibility worker) may share it.
+A feasibility query may queue one for every patient of its cohort who has no consent for
+its purpose (NO_CONSENT). A pending request for the same patient and study is not
+queued twice. Answering records the patient's choice; the consent itself is written by
+whoever receives the answer (a FHIR Consent in the site's consent store), never here.
+
+SQLite (``consent-requests.sqlite`` in the site folder), one transaction per change.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from paroma.jobspec import PURPOSES
-
 DB_NAME = "consent-requests.sqlite"
-_ORGANIZATION = re.compile(r"^Organization/[A-Za-z0-9\-.]{1,64}$")
-_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
-MAX_MESSAGE = 2000
+PENDING, ACCEPTED, DECLINED = "pending", "accepted", "declined"
 
-SCHEMA = """
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS consent_request (
     id TEXT PRIMARY KEY,
     patient TEXT NOT NULL,
@@ -32,37 +30,34 @@ CREATE TABLE IF NOT EXISTS consent_request (
     purpose TEXT NOT NULL,
     organization TEXT NOT NULL,
     message TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    status TEXT NOT NULL,
-    answered_at TEXT
+    status TEXT NOT NULL CHECK (status IN ('pending', 'accepted', 'declined')),
+    created TEXT NOT NULL,
+    answered TEXT
 );
 CREATE INDEX IF NOT EXISTS consent_request_by_patient ON consent_request (patient, status);
+CREATE UNIQUE INDEX IF NOT EXISTS one_pending_per_study
+    ON consent_request (patient, study) WHERE status = 'pending';
 """
 
 
-class ConsentRequestError(ValueError):
-    """A request that cannot be stored or answered; the message names the field."""
+_SELECT = "SELECT id, patient, study, purpose, organization, message, status, created, answered FROM consent_request"
 
 
-class UnknownConsentRequest(ConsentRequestError):
-    pass
+class ConsentRequestError(Exception):
+    """An unknown request, one already answered, or a field missing."""
 
 
 @dataclass(frozen=True)
 class ConsentRequest:
-    id: str
+    request_id: str
     patient: str
     study: str
     purpose: str
     organization: str
     message: str
-    created_at: str
     status: str  # pending | accepted | declined
-    answered_at: str | None = None
-
-    @property
-    def pending(self) -> bool:
-        return self.status == "pending"
+    created: str
+    answered: str | None = None
 
 
 def _now() -> str:
@@ -70,85 +65,85 @@ def _now() -> str:
 
 
 class ConsentRequests:
-    """Thread-safe; several processes may open the same file (SQLite WAL)."""
-
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
 
     @classmethod
     def for_site(cls, site_root: Path) -> ConsentRequests:
         return cls(Path(site_root) / DB_NAME)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
-    def add(self, patient: str, study: str, purpose: str, organization: str, message: str) -> ConsentRequest:
-        """Queue a request to one patient; returns it (status pending)."""
-        if not patient or len(patient) > 64:
-            raise ConsentRequestError(f"patient {patient!r}: expected a patient id of 1 to 64 characters")
-        if not study.strip() or len(study) > 200:
-            raise ConsentRequestError("study: expected the study's name (1 to 200 characters)")
-        if purpose not in PURPOSES:
-            raise ConsentRequestError(
-                f"purpose {purpose!r} is not a known v3-ActReason purpose ({', '.join(PURPOSES)})"
-            )
-        if not _ORGANIZATION.match(organization):
-            raise ConsentRequestError(f"organization {organization!r}: expected Organization/<id>")
-        if len(message) > MAX_MESSAGE:
-            raise ConsentRequestError(f"message: at most {MAX_MESSAGE} characters")
-        request = ConsentRequest(
-            uuid.uuid4().hex, patient, study.strip(), purpose, organization, message, _now(), "pending"
-        )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO consent_request VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    request.id,
-                    request.patient,
-                    request.study,
-                    request.purpose,
-                    request.organization,
-                    request.message,
-                    request.created_at,
-                    request.status,
-                    None,
-                ),
-            )
-        return request
+    def add(self, patient: str, study: str, purpose: str, organization: str, message: str) -> str:
+        """Queue a request; the id of the pending one for this patient and study if there is one."""
+        return self.add_many([patient], study, purpose, organization, message)[0]
 
-    def get(self, request_id: str) -> ConsentRequest:
-        if not _REQUEST_ID.match(request_id or ""):
-            raise UnknownConsentRequest(f"consent request {request_id!r}: expected 32 hexadecimal digits")
+    def add_many(
+        self, patients: Iterable[str], study: str, purpose: str, organization: str, message: str
+    ) -> list[str]:
+        """Queue one request per patient in one transaction; ids in the patients' order."""
+        for name, value in (("study", study), ("purpose", purpose), ("organization", organization)):
+            if not value:
+                raise ConsentRequestError(f"{name}: required")
+        created = _now()
+        ids: list[str] = []
         with self._lock:
-            row = self._db.execute("SELECT * FROM consent_request WHERE id=?", (request_id,)).fetchone()
-        if row is None:
-            raise UnknownConsentRequest(f"no consent request {request_id}")
-        return ConsentRequest(*row)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for patient in patients:
+                    if not patient:
+                        raise ConsentRequestError("patient: required")
+                    row = self._db.execute(
+                        "SELECT id FROM consent_request WHERE patient = ? AND study = ? AND status = 'pending'",
+                        (patient, study),
+                    ).fetchone()
+                    if row is not None:
+                        ids.append(str(row[0]))
+                        continue
+                    request_id = str(uuid.uuid4())
+                    self._db.execute(
+                        "INSERT INTO consent_request VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, NULL)",
+                        (request_id, patient, study, purpose, organization, message, created),
+                    )
+                    ids.append(request_id)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return ids
+
+    def _rows(self, where: str, params: tuple[str, ...]) -> list[ConsentRequest]:
+        # ``where`` is one of this module's constant clauses; values are bound parameters
+        query = f"{_SELECT} WHERE {where} ORDER BY created, id"
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [ConsentRequest(*row) for row in rows]
 
     def pending(self, patient: str) -> list[ConsentRequest]:
-        """The patient's unanswered requests, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM consent_request WHERE patient=? AND status='pending' ORDER BY created_at, id",
-                (patient,),
-            ).fetchall()
-        return [ConsentRequest(*r) for r in rows]
+        """The patient's requests not answered yet, oldest first."""
+        return self._rows("patient = ? AND status = 'pending'", (patient,))
+
+    def get(self, request_id: str) -> ConsentRequest:
+        found = self._rows("id = ?", (request_id,))
+        if not found:
+            raise ConsentRequestError(f"no consent request {request_id!r}")
+        return found[0]
 
     def answer(self, request_id: str, accepted: bool) -> ConsentRequest:
         """Record the patient's answer; a request is answered once."""
-        self.get(request_id)
-        status = "accepted" if accepted else "declined"
         with self._lock:
-            changed = self._db.execute(
-                "UPDATE consent_request SET status=?, answered_at=? WHERE id=? AND status='pending'",
-                (status, _now(), request_id),
-            ).rowcount
+            cursor = self._db.execute(
+                "UPDATE consent_request SET status = ?, answered = ? WHERE id = ? AND status = 'pending'",
+                (ACCEPTED if accepted else DECLINED, _now(), request_id),
+            )
+            changed = cursor.rowcount
         if not changed:
-            raise ConsentRequestError(f"consent request {request_id} was already answered")
+            current = self.get(request_id)  # raises for an unknown id
+            raise ConsentRequestError(f"consent request {request_id} was already answered ({current.status})")
         return self.get(request_id)

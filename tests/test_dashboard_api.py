@@ -255,14 +255,14 @@ def iso_requests(node: Any, a: PatientClient, b: PatientClient) -> None:
     mine = queue.add(a.patient, "Study for A", "CLINTRCH", "Organization/uni-a", "")
     queue.add(b.patient, "Study for B", "CLINTRCH", "Organization/uni-b", "")
     seen = a.get("/requests").json()
-    assert [r["id"] for r in seen] == [mine.id]
+    assert [r["id"] for r in seen] == [mine]
 
 
 def iso_answer(node: Any, a: PatientClient, b: PatientClient) -> None:
     queue: ConsentRequests = node[0].state.dashboard.requests
     theirs = queue.add(b.patient, "Study for B", "CLINTRCH", "Organization/uni-b", "")
-    is_problem(a.change("POST", f"/requests/{theirs.id}", {"accept": True}), 404)
-    assert queue.get(theirs.id).pending
+    is_problem(a.change("POST", f"/requests/{theirs}", {"accept": True}), 404)
+    assert queue.get(theirs).status == "pending"
     assert decision(layer_of(node), b.patient, "CLINTRCH", "Organization/uni-b") == "NO_CONSENT"
     assert decision(layer_of(node), a.patient, "CLINTRCH", "Organization/uni-b") == "NO_CONSENT"
 
@@ -308,7 +308,7 @@ def iso_events(node: Any, a: PatientClient, b: PatientClient) -> None:
         lines = stream.iter_lines()
         event = next(line for line in lines if line.startswith("event:"))
         data = json.loads(next(lines).removeprefix("data:"))
-    assert event == "event: requests" and [r["id"] for r in data] == [mine.id]
+    assert event == "event: requests" and [r["id"] for r in data] == [mine]
 
 
 ISOLATION: dict[str, Callable[[Any, PatientClient, PatientClient], None]] = {
@@ -416,21 +416,21 @@ def test_accepting_a_request_permits_that_study_and_declining_refuses_it(
     )
     other = queue.add(a.patient, "Registry", "HRESCH", "Organization/registry", "")
     assert decision(layer, a.patient, "CLINTRCH", "Organization/valve-trial") == "NO_CONSENT"
-    accepted = a.change("POST", f"/requests/{trial.id}", {"accept": True})
+    accepted = a.change("POST", f"/requests/{trial}", {"accept": True})
     assert accepted.status_code == 200, accepted.text
     assert decision(layer, a.patient, "CLINTRCH", "Organization/valve-trial") == "PERMIT"
     assert decision(layer, a.patient, "CLINTRCH", "Organization/someone-else") == "NO_CONSENT"
-    assert a.change("POST", f"/requests/{other.id}", {"accept": False}).status_code == 200
+    assert a.change("POST", f"/requests/{other}", {"accept": False}).status_code == 200
     assert decision(layer, a.patient, "HRESCH", "Organization/registry") == "DENY"
     assert decision(layer, a.patient, "HRESCH", DEMO_ORGANIZATION) == "PERMIT"  # only that study refused
     assert a.get("/requests").json() == []
-    assert queue.get(trial.id).status == "accepted" and queue.get(other.id).status == "declined"
+    assert queue.get(trial).status == "accepted" and queue.get(other).status == "declined"
     assert (
         "already answered"
-        in is_problem(a.change("POST", f"/requests/{trial.id}", {"accept": False}), 409)["detail"]
+        in is_problem(a.change("POST", f"/requests/{trial}", {"accept": False}), 409)["detail"]
     )
     explained = {c["id"]: c for c in a.get("/overview").json()["consents"]}
-    assert "Organization/valve-trial" in explained[f"request-{trial.id}"]["summary"]
+    assert "Organization/valve-trial" in explained[f"request-{trial}"]["summary"]
 
 
 def test_activity_lists_the_jobs_that_used_my_data_with_rounds_dates_and_consent_versions(
@@ -498,7 +498,7 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
     assert [c["id"].split("-")[0] for c in remaining] == ["erasure"]
     with pytest.raises(ResourceNotFound):
         layer.consents.read(f"research-{a.patient}")
-    assert node[0].state.dashboard.requests.get(pending.id).status == "declined"
+    assert node[0].state.dashboard.requests.get(pending).status == "declined"
     # Should the records be loaded again, the refusal keeps them out.
     layer.site.fhir.ingest_bundle(
         {"resourceType": "Bundle", "type": "collection",

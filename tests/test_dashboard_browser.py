@@ -198,25 +198,25 @@ def drive(
     assert len(after) == len(before) - 1 and patient not in after
 
     # A study asks (as a feasibility query would): the request arrives on the open page.
-    request = app.state.dashboard.requests.add(
+    request_id = app.state.dashboard.requests.add(
         patient,
         "Heart disease risk model",
         "HRESCH",
         DEMO_ORGANIZATION,
         "We would like to include your records.",
     )
-    wait_for(browser, f'li.request[data-request="{request.id}"]', "the request was never pushed to the page")
+    wait_for(browser, f'li.request[data-request="{request_id}"]', "the request was never pushed to the page")
     WebDriverWait(browser, 10).until(
         lambda d: "New request from Heart disease risk model" in text(d, "#notice")
     )
     assert "1 waiting" in text(browser, "#requests-count")
     shoot(browser, tmp_path, "patient-dashboard-request.png")
-    click(browser, f'li.request[data-request="{request.id}"] button.accept')
+    click(browser, f'li.request[data-request="{request_id}"] button.accept')
     WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "li.request"))
     WebDriverWait(browser, 10).until(lambda d: "Accepted: Heart disease risk model" in text(d, "#notice"))
     counted = permitted(layer)
     assert len(counted) == len(before) and patient in counted
-    assert layer.decide_cohort(job).decisions[patient].consent_id == f"request-{request.id}"
+    assert layer.decide_cohort(job).decisions[patient].consent_id == f"request-{request_id}"
 
     # Erasure: refused until confirmed, then the answer lists the model trained with the data.
     click(browser, "#erase")

@@ -79,10 +79,10 @@ def test_dashboard_changes_count_from_the_next_round_of_a_running_job(uci_sites:
         b = PatientClient.sign_in(live.url, site.root, joining)
         # Before the job, B refused health research; a study then asks B.
         assert b.change("PUT", "/research/HRESCH", {"decision": "deny"}).status_code == 200
-        request = app.state.dashboard.requests.add(
+        request_id = app.state.dashboard.requests.add(
             joining, "Heart disease model", "HRESCH", DEMO_ORGANIZATION, "Would you take part?"
         )
-        observer = PatientsDuringTheJob(a, b, request.id)
+        observer = PatientsDuringTheJob(a, b, request_id)
         result = run_inprocess_job(job, [uci_sites / SITE], observer=observer)
         assert result.status == "completed", result.reason
         assert [r.status_code for r in observer.answers] == [200, 200], [r.text for r in observer.answers]
@@ -96,7 +96,7 @@ def test_dashboard_changes_count_from_the_next_round_of_a_running_job(uci_sites:
             if e["kind"] == "data-release" and e["data"]["job"] == job.sha256
         }
         assert leaving in releases[1] and leaving not in releases[2] and leaving not in releases[3]
-        assert joining not in releases[2] and releases[3][joining] == f"request-{request.id}/1"
+        assert joining not in releases[2] and releases[3][joining] == f"request-{request_id}/1"
         used = a.get("/activity").json()["jobs"]
         assert [(j["job"], j["rounds"]) for j in used] == [(job.sha256, [1])]
         assert b.get("/activity").json()["jobs"][0]["rounds"] == [3]

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clinical_node.fhir.errors import FhirError, ResourceNotFound
 from paroma.problems import Problem
 
-from ..consent_requests import ConsentRequestError, ConsentRequests, UnknownConsentRequest
+from ..consent_requests import ConsentRequestError, ConsentRequests
 from ..decisions import JobContext, decide
 from ..engine import PolicyError
 from ..layer import ProtectionLayer
@@ -197,13 +197,13 @@ class Dashboard:
     def pending(self, patient: str) -> list[dict[str, Any]]:
         return [
             {
-                "id": r.id,
+                "id": r.request_id,
                 "study": r.study,
                 "purpose": r.purpose,
                 "purpose_words": RESEARCH_PURPOSES.get(r.purpose, (r.purpose, ""))[0],
                 "organization": r.organization,
                 "message": r.message,
-                "created_at": r.created_at,
+                "created_at": r.created,
             }
             for r in self.requests.pending(patient)
         ]
@@ -238,7 +238,7 @@ class Dashboard:
     def answer(self, patient: str, request_id: str, accept: bool) -> dict[str, Any]:
         try:
             request = self.requests.get(request_id)
-        except UnknownConsentRequest:
+        except ConsentRequestError:
             request = None
         if request is None or request.patient != patient:
             raise Problem(404, "No such consent request", f"you have no consent request {request_id!r}")
@@ -247,19 +247,19 @@ class Dashboard:
         except ConsentRequestError as exc:
             raise Problem(409, "Already answered", str(exc)) from exc
         consent = request_consent(
-            request.id, patient, request.purpose, request.organization, accept, self.clock()
+            request.request_id, patient, request.purpose, request.organization, accept, self.clock()
         )
         change = self.protection.consents.put(consent)
         self.audit(
             patient,
             "consent-request-answered",
-            request=request.id,
+            request=request.request_id,
             study=request.study,
             accepted=accept,
             consent=f"{change.consent_id}/{change.version}",
         )
         return {
-            "request": request.id,
+            "request": request.request_id,
             "accepted": accept,
             "consent": change.consent_id,
             "version": change.version,
@@ -280,7 +280,7 @@ class Dashboard:
             )
             deleted_resources = self.site.fhir.erase_patient(patient)
             for pending in self.requests.pending(patient):
-                self.requests.answer(pending.id, False)
+                self.requests.answer(pending.request_id, False)
             entry = self.protection.audit.append(
                 ERASURE,
                 {
