@@ -429,7 +429,16 @@ def test_accepting_a_request_permits_that_study_and_declining_refuses_it(
         "already answered"
         in is_problem(a.change("POST", f"/requests/{trial}", {"accept": False}), 409)["detail"]
     )
-    explained = {c["id"]: c for c in a.get("/overview").json()["consents"]}
+    overview = a.get("/overview").json()
+    purposes = {p["code"]: p for p in overview["purposes"]}
+    assert purposes["CLINTRCH"]["decision"] == "NO_CONSENT"  # for any other organisation
+    assert [(o["organization"], o["decision"]) for o in purposes["CLINTRCH"]["organizations"]] == [
+        ("Organization/valve-trial", "PERMIT")
+    ]
+    assert [(o["organization"], o["decision"]) for o in purposes["HRESCH"]["organizations"]] == [
+        ("Organization/registry", "DENY")
+    ]
+    explained = {c["id"]: c for c in overview["consents"]}
     assert "Organization/valve-trial" in explained[f"request-{trial}"]["summary"]
 
 
@@ -479,6 +488,8 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
     pending = node[0].state.dashboard.requests.add(a.patient, "Late study", "HRESCH", "Organization/late", "")
     assert a.patient in layer.decide_cohort(job).released
 
+    elsewhere = PatientClient.sign_in(str(a.http.base_url), layer.site.root, a.patient)
+    unused = enrolment_code(layer.site.root, a.patient)
     is_problem(a.change("POST", "/erasure", {"confirm": False}), 422)
     answer = a.change("POST", "/erasure", {"confirm": True})
     assert answer.status_code == 200, answer.text
@@ -488,6 +499,11 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
     )
     assert report["consent_versions_deleted"] == 1
     trained = {m["job"]: m for m in report["models_trained"]}
+    # This session shows the answer; the patient's other sessions and unused codes end.
+    assert a.get("/session").status_code == 200
+    is_problem(elsewhere.get("/session"), 401)
+    elsewhere.close()
+    is_problem(a.http.post("/patient/api/session", json={"code": unused}), 401)
     assert trained[job.sha256]["rounds"] == [1, 2] and trained[job.sha256]["job_name"] == job.name
     assert trained[job.sha256]["consents"] == [f"research-{a.patient}/1"]
 

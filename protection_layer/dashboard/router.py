@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from clinical_node.fhir.errors import FhirError, ResourceNotFound
+from clinical_node.site import Site
 from paroma.problems import Problem
 
 from ..consent_requests import ConsentRequestError, ConsentRequests
@@ -104,7 +105,7 @@ class Dashboard:
     _erasing: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def site(self) -> Any:
+    def site(self) -> Site:
         return self.protection.site
 
     def audit(self, patient: str, action: str, **data: Any) -> None:
@@ -142,6 +143,21 @@ class Dashboard:
                 purpose: decide(layer.engine, JobContext(purpose, ""), {patient: terms}, now)[patient]
                 for purpose in RESEARCH_PURPOSES
             }
+            # Consents naming organisations (answers to studies' requests) decide for those
+            # organisations only: each is decided on its own.
+            named: dict[str, set[str]] = {purpose: set() for purpose in RESEARCH_PURPOSES}
+            for consent in terms:
+                root = consent["root"]
+                for purpose in root["purposes"] or list(RESEARCH_PURPOSES):
+                    if purpose in named:
+                        named[purpose].update(root["actors"])
+            for_organizations = {
+                purpose: [
+                    (org, decide(layer.engine, JobContext(purpose, org), {patient: terms}, now)[patient])
+                    for org in sorted(orgs)
+                ]
+                for purpose, orgs in named.items()
+            }
         except PolicyError as exc:
             raise Problem(503, "Consent decision unavailable", f"the site cannot decide now: {exc}") from exc
         out = []
@@ -163,6 +179,15 @@ class Dashboard:
                     "consent": f"{d.consent_id}/{d.consent_version}" if d.consent_id else None,
                     "exclusions": [
                         e.to_json() for e in (exclusions_of(deciding, labels) if d.permitted else [])
+                    ],
+                    "organizations": [
+                        {
+                            "organization": org,
+                            "decision": od.decision.value,
+                            "consent": f"{od.consent_id}/{od.consent_version}",
+                        }
+                        for org, od in for_organizations[purpose]
+                        if od.decision != d.decision
                     ],
                 }
             )
@@ -265,7 +290,7 @@ class Dashboard:
             "version": change.version,
         }
 
-    def erase(self, patient: str) -> dict[str, Any]:
+    def erase(self, patient: str, session: PatientSession) -> dict[str, Any]:
         """Erasure (GDPR Art. 17): out of every future round first (a refusal replaces all
         the patient's consents, in one transaction), then the records deleted from the FHIR
         store. The audit log keeps its entries (Art. 17(3)(b)/(e): the site must be able to
@@ -281,6 +306,8 @@ class Dashboard:
             deleted_resources = self.site.fhir.erase_patient(patient)
             for pending in self.requests.pending(patient):
                 self.requests.answer(pending.request_id, False)
+            # This session stays to show the answer; other sessions and unused codes end.
+            self.sessions.end_all(patient, keep=session.session_id)
             entry = self.protection.audit.append(
                 ERASURE,
                 {
@@ -466,14 +493,14 @@ def build_dashboard_router(dashboard: Dashboard) -> APIRouter:
         the models already trained with it."""
         if not body.confirm:
             raise Problem(422, "Not confirmed", "confirm: must be true to erase your data", field="confirm")
-        return dashboard.erase(session.patient)
+        return dashboard.erase(session.patient, session)
 
     @router.get("/api/events")
     async def events(request: Request, session: PatientSession = Depends(session_of)) -> StreamingResponse:
         """Server-Sent Events: ``requests`` (my pending consent requests, on connect and on
         every change) and ``consents`` (my consents changed, by me or by the hospital)."""
         patient = session.patient
-        dashboard.audit(patient, "opened-notifications")
+        await asyncio.to_thread(dashboard.audit, patient, "opened-notifications")
 
         def state() -> tuple[list[dict[str, Any]], int]:
             versions = dashboard.protection.consents.patient_versions([patient])
@@ -485,7 +512,7 @@ def build_dashboard_router(dashboard: Dashboard) -> APIRouter:
             sent_version: int | None = None
             quiet = 0.0
             while True:
-                if dashboard.sessions.lookup(session.session_id) is None:
+                if await asyncio.to_thread(dashboard.sessions.lookup, session.session_id) is None:
                     yield "event: signed-out\ndata: {}\n\n"
                     return
                 pending, version = await asyncio.to_thread(state)

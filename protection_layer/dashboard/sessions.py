@@ -178,9 +178,12 @@ class PatientSessions:
         with self._lock:
             self._db.execute("DELETE FROM session WHERE id_sha256=?", (_digest(session_id),))
 
-    def end_all(self, patient: str) -> int:
-        """End every session and unused code of a patient (after erasure)."""
+    def end_all(self, patient: str, *, keep: str | None = None) -> int:
+        """End every session (but ``keep``) and unused code of a patient (after erasure)."""
+        kept = _digest(keep) if keep else ""
         with self._lock:
-            ended = self._db.execute("DELETE FROM session WHERE patient=?", (patient,)).rowcount
+            ended = self._db.execute(
+                "DELETE FROM session WHERE patient=? AND id_sha256<>?", (patient, kept)
+            ).rowcount
             self._db.execute("DELETE FROM enrolment WHERE patient=? AND used_at IS NULL", (patient,))
         return int(ended)

@@ -176,6 +176,12 @@ function renderPurposes() {
       status.append(`, except ${purpose.exclusions.map((e) => e.words).join(", ")}`);
     }
     card.append(status);
+    for (const named of purpose.organizations) {
+      card.append(el("p", { class: "org-decision", "data-organization": named.organization },
+        `For studies of ${named.organization}: `,
+        el("strong", { class: `decision ${named.decision}`, text: WORDS[named.decision] || named.decision }),
+        " (your answer to their request)"));
+    }
     card.append(dataChoices(purpose));
     const allowed = purpose.decision === "PERMIT";
     const grant = el("button", { type: "button", class: "grant", text: allowed ? "Save my data choices" : `Allow ${purpose.title.toLowerCase()}` });
