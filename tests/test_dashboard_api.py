@@ -26,6 +26,7 @@ from clinical_node.service import create_app
 from clinical_node.site import Site
 from paroma.demo import DEMO_ORGANIZATION, demo_job
 from protection_layer import ProtectionLayer
+from protection_layer.consent_mix import research_consent
 from protection_layer.consent_requests import ConsentRequests
 from protection_layer.dashboard import EnrolmentError, PatientSessions
 from protection_layer.decisions import JobContext, decide
@@ -595,3 +596,19 @@ def test_malformed_bodies_and_ids_are_problem_details(pair: tuple[PatientClient,
     is_problem(a.change("POST", "/requests/../../x", {"accept": True}), 404)
     is_problem(a.change("POST", "/requests/not-an-id", {"accept": True}), 404)
     is_problem(a.get("/nothing-here"), 404)
+
+
+def test_the_event_stream_pushes_consent_changes_and_ends_at_sign_out(
+    node: tuple[FastAPI, str], pair: tuple[PatientClient, PatientClient]
+) -> None:
+    a, b = pair
+    layer = layer_of(node)
+    with a.http.stream("GET", "/patient/api/events") as stream:
+        events = (line for line in stream.iter_lines() if line.startswith("event:"))
+        assert next(events) == "event: requests"
+        # The hospital records a consent for A (not through the dashboard): the page hears of it.
+        layer.consents.put(research_consent(f"paper-{a.patient}", a.patient, signed=datetime.now(UTC)))
+        assert next(events) == "event: consents"
+        layer.consents.put(research_consent(f"paper-{b.patient}", b.patient, signed=datetime.now(UTC)))
+        assert a.change("DELETE", "/session").status_code == 204
+        assert next(events) == "event: signed-out"  # and nothing about B's change before it
