@@ -43,10 +43,6 @@ def create_app(site: Site) -> FastAPI:
     app.state.protection = protection
     app.include_router(build_consent_router(lambda: protection.consents, require_site_admin))
     app.include_router(build_fhir_router(lambda: site.fhir, require_site_admin))
-    # The patients' consent dashboard at /patient/ (its own sign-in: protection_layer/dashboard).
-    from protection_layer.dashboard import mount_dashboard
-
-    mount_dashboard(app, protection)
 
     @app.exception_handler(FhirError)
     async def _fhir_error(request: Request, exc: FhirError) -> JSONResponse:
@@ -66,6 +62,11 @@ def create_app(site: Site) -> FastAPI:
         return response
 
     app.add_exception_handler(RequestValidationError, _invalid)
+
+    # The patients' consent dashboard at /patient/ (its own sign-in: protection_layer/dashboard).
+    from protection_layer.dashboard import mount_dashboard
+
+    mount_dashboard(app, protection)
 
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, str]:
