@@ -120,7 +120,7 @@ class ConsentRequests:
 
     def _rows(self, where: str, params: tuple[str, ...]) -> list[ConsentRequest]:
         # ``where`` is one of this module's constant clauses; values are bound parameters
-        query = f"{_SELECT} WHERE {where} ORDER BY created, id"
+        query = f"{_SELECT} WHERE {where} ORDER BY created, rowid"
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [ConsentRequest(*row) for row in rows]
