@@ -12,7 +12,6 @@ import typer
 
 from interconnect.pce.cli import pce_app
 from paroma.cli_consent import audit_app, consent_app
-from paroma.cli_dashboard import patient_credential
 
 app = typer.Typer(help="PAROMA-MED: federated learning with per-patient consent.", no_args_is_help=True)
 node_app = typer.Typer(help="Run and administer a clinical node (a hospital's site).", no_args_is_help=True)
@@ -22,7 +21,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pce_app, name="pce")
-node_app.command("patient-credential")(patient_credential)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -102,6 +100,12 @@ def node_token(
     except (SiteError, TokenError) as exc:
         fail(str(exc))
     typer.echo(token)
+
+
+# A patient's credential for the consent dashboard (protection_layer/dashboard).
+from paroma.cli_dashboard import patient_credential  # noqa: E402
+
+node_app.command("patient-credential")(patient_credential)
 
 
 @node_app.command("approve-plan")
