@@ -384,6 +384,8 @@ class ConsentStore:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock:
             cur = self._db.cursor()
+            # Deleted bodies are overwritten, not left in free pages or the WAL.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute("BEGIN IMMEDIATE")
             try:
                 ids = [
@@ -406,6 +408,7 @@ class ConsentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if self._on_change is not None:
             self._on_change([change])
         return deleted, change

@@ -354,7 +354,7 @@ def test_research_choices_are_new_consent_versions_per_purpose_and_data_class(
     overview = a.get("/overview").json()
     hresch = overview["purposes"][0]
     assert hresch["code"] == "HRESCH" and hresch["decision"] == "PERMIT"
-    assert "Health research" in hresch["explanation"]
+    assert hresch["title"] == "Health research" and "health records" in hresch["explanation"]
     codes = {d["value"]: d["words"] for d in overview["data"] if d["kind"] == "code"}
     assert codes["http://loinc.org|2093-3"].startswith("Cholesterol")
 
@@ -491,6 +491,11 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
 
     elsewhere = PatientClient.sign_in(str(a.http.base_url), layer.site.root, a.patient)
     unused = enrolment_code(layer.site.root, a.patient)
+    def in_store_files() -> bool:
+        files = [p for p in layer.site.root.glob("fhir.sqlite*") if p.is_file()]
+        return any(a.patient.encode() in p.read_bytes() for p in files)
+
+    assert in_store_files()
     is_problem(a.change("POST", "/erasure", {"confirm": False}), 422)
     answer = a.change("POST", "/erasure", {"confirm": True})
     assert answer.status_code == 200, answer.text
@@ -516,6 +521,8 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
     with pytest.raises(ResourceNotFound):
         layer.consents.read(f"research-{a.patient}")
     assert node[0].state.dashboard.requests.get(pending).status == "declined"
+    # Nothing of the records stays in the store's files (the index is in clear).
+    assert not in_store_files()
     # Should the records be loaded again, the refusal keeps them out.
     layer.site.fhir.ingest_bundle(
         {"resourceType": "Bundle", "type": "collection",

@@ -173,7 +173,7 @@ class Dashboard:
                 {
                     "code": purpose,
                     "title": title,
-                    "explanation": f"{title}: {words}.",
+                    "explanation": f"{words[0].upper()}{words[1:]}.",
                     "decision": d.decision.value,
                     "reason": d.reason,
                     "consent": f"{d.consent_id}/{d.consent_version}" if d.consent_id else None,
