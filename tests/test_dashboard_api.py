@@ -491,6 +491,7 @@ def test_erasure_excludes_deletes_records_and_lists_the_models_already_trained(
 
     elsewhere = PatientClient.sign_in(str(a.http.base_url), layer.site.root, a.patient)
     unused = enrolment_code(layer.site.root, a.patient)
+
     def in_store_files() -> bool:
         files = [p for p in layer.site.root.glob("fhir.sqlite*") if p.is_file()]
         return any(a.patient.encode() in p.read_bytes() for p in files)
