@@ -240,6 +240,19 @@ def iso_consent(node: Any, a: PatientClient, b: PatientClient) -> None:
     body = is_problem(a.get(f"/consents/research-{b.patient}"), 404)
     assert b.patient not in body.get("detail", "").replace(f"research-{b.patient}", "")
     is_problem(a.get("/consents/no-such-consent"), 404)  # the same answer as for B's
+    # A consent recorded for B, then corrected to be A's: A sees only the versions about A.
+    layer = layer_of(node)
+    layer.consents.put(research_consent(f"moved-{b.patient}", b.patient, signed=datetime.now(UTC)))
+    layer.consents.put(research_consent(f"moved-{b.patient}", a.patient, signed=datetime.now(UTC)))
+    moved = a.get(f"/consents/moved-{b.patient}").json()
+    assert [v["version"] for v in moved["versions"]] == ["2"]
+    exported = [e["resource"] for e in a.get("/export").json()["entry"]]
+    assert all(
+        r["patient"]["reference"] == f"Patient/{a.patient}"
+        for r in exported
+        if r["resourceType"] == "Consent"
+    )
+    assert f"moved-{b.patient}" in {r["id"] for r in exported}
 
 
 def iso_research(node: Any, a: PatientClient, b: PatientClient) -> None:

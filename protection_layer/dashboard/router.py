@@ -131,6 +131,15 @@ class Dashboard:
             raise Problem(404, "No such consent", f"you have no consent {consent_id!r}")
         return resource
 
+    def own_versions(self, patient: str, consent_id: str) -> list[dict[str, Any]]:
+        """The versions of a consent that are about the patient: a consent moved from
+        another patient keeps that patient's earlier versions, which are not theirs to see."""
+        return [
+            v
+            for v in self.protection.consents.history(consent_id)
+            if str((v.get("patient") or {}).get("reference", "")).split("/")[-1] == patient
+        ]
+
     def purposes(self, patient: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """What the site decides now for each research purpose, for a study of any
         organisation not named in a consent: decided by the site's own consent policy."""
@@ -431,7 +440,7 @@ def build_dashboard_router(dashboard: Dashboard) -> APIRouter:
     def consent(consent_id: str, session: PatientSession = Depends(session_of)) -> dict[str, Any]:
         """One of my consents: every version explained, and the current FHIR resource."""
         current = dashboard.own_consent(session.patient, consent_id)
-        versions = dashboard.protection.consents.history(consent_id)
+        versions = dashboard.own_versions(session.patient, consent_id)
         dashboard.audit(session.patient, "viewed-consent", consent=consent_id)
         return {"current": explain(current), "versions": [explain(v) for v in versions], "fhir": current}
 
@@ -467,7 +476,7 @@ def build_dashboard_router(dashboard: Dashboard) -> APIRouter:
         patient = session.patient
         versions: list[dict[str, Any]] = []
         for current in dashboard.protection.consents.for_patient(patient):
-            versions += dashboard.protection.consents.history(str(current["id"]))
+            versions += dashboard.own_versions(patient, str(current["id"]))
         resources_ = dashboard.resources_of(patient)
         bundle = record.export_bundle(
             patient,
