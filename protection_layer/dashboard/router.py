@@ -415,6 +415,7 @@ def build_dashboard_router(dashboard: Dashboard) -> APIRouter:
 
     @router.get("/api/session")
     def who(session: PatientSession = Depends(session_of)) -> dict[str, str]:
+        dashboard.audit(session.patient, "resumed-session")
         return {
             "patient": session.patient,
             "csrf_token": session.csrf_token,
