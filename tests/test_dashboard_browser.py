@@ -5,7 +5,7 @@ site's protection layer decides it), a study's request arrives live and acceptin
 again, the page lists the job that used the data, and erasure lists the trained models.
 
 Set PAROMA_SCREENSHOT (a folder, or a file whose folder is used, e.g. docs/) to keep
-docs/patient-dashboard.png, -request.png and -erasure.png there.
+docs/patient-dashboard.png, -request.png, -consents.png and -erasure.png there.
 """
 
 from __future__ import annotations
@@ -217,6 +217,9 @@ def drive(
     counted = permitted(layer)
     assert len(counted) == len(before) and patient in counted
     assert layer.decide_cohort(job).decisions[patient].consent_id == f"request-{request_id}"
+    WebDriverWait(browser, 10).until(lambda d: "Organization/paroma-research" in text(d, "#consents"))
+    assert "You do not allow your data to be used for health research" in text(browser, "#consents")
+    shoot(browser, tmp_path, "patient-dashboard-consents.png", "#consents-section")
 
     # Erasure: refused until confirmed, then the answer lists the model trained with the data.
     click(browser, "#erase")
