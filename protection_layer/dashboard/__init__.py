@@ -6,7 +6,8 @@ it as a FHIR Bundle and can have it erased."""
 
 from __future__ import annotations
 
-from .router import Dashboard, build_dashboard_router, mount_dashboard
+from .actions import Dashboard
+from .router import build_dashboard_router, mount_dashboard
 from .sessions import Enrolment, EnrolmentError, PatientSession, PatientSessions
 
 __all__ = [
