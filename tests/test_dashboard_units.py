@@ -60,6 +60,18 @@ def test_consents_are_explained_in_plain_language() -> None:
         {"reference": "Organization/valve", "name": "Organization/valve"}
     ]
     assert "clinical trial research by Organization/valve" in trial["summary"]
+    exception = research_consent(
+        "c3",
+        "p1",
+        decision="deny",
+        signed=NOW,
+        purposes=(),
+        nested=[{"type": "permit", "purpose": [{"code": "PUBHLTH"}], "class": [{"code": "Observation"}]}],
+    )
+    assert explain(exception)["summary"] == (
+        "You do not allow your data to be used for any kind of research by any organisation the hospital "
+        "works with. Except that you allow: measurements and test results (for public health)."
+    )
     withdrawn = explain({**permit, "status": "inactive"})
     assert withdrawn["summary"].startswith("This consent is inactive")
 

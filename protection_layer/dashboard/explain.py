@@ -244,9 +244,13 @@ def explain(resource: Mapping[str, Any], organizations: Mapping[str, str] | None
     ]
     period = provision.get("period") or {}
     excluded: list[str] = []
+    allowed: list[str] = []
     for nested in provision.get("provision", []) or []:
+        # A nested provision without a type is the opposite of its parent.
         if nested.get("type", "deny" if decision == "permit" else "permit") == "deny":
             excluded += _excluded(nested)
+        else:
+            allowed += _excluded(nested)
     scope = {c.get("code") for c in (resource.get("scope") or {}).get("coding", []) or []}
     what = ", ".join(p["words"].lower() for p in purposes) or "any kind of research"
     who = ", ".join(names.get(a, a) for a in actors) or "any organisation the hospital works with"
@@ -260,6 +264,8 @@ def explain(resource: Mapping[str, Any], organizations: Mapping[str, str] | None
             summary += " Except: " + "; ".join(excluded) + "."
     elif decision == "deny":
         summary = f"You do not allow your data to be used for {what} by {who}."
+        if allowed:
+            summary += " Except that you allow: " + "; ".join(allowed) + "."
     else:
         summary = "This consent does not say whether research is allowed, so it decides nothing."
     start, end = _day(period.get("start")), _day(period.get("end"))
@@ -287,6 +293,7 @@ def explain(resource: Mapping[str, Any], organizations: Mapping[str, str] | None
         "organizations": [{"reference": a, "name": names.get(a, a)} for a in actors],
         "period": {"start": _day(period.get("start")), "end": _day(period.get("end"))},
         "excluded": excluded,
+        "allowed": allowed,
         "origin": origin,
         "summary": summary,
     }
