@@ -79,6 +79,11 @@ def create_app(site: Site) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, _invalid)
 
+    # The patients' consent dashboard at /patient/ (its own sign-in: protection_layer/dashboard).
+    from protection_layer.dashboard import mount_dashboard
+
+    mount_dashboard(app, protection)
+
     @app.get("/healthz", tags=["health"])
     def health() -> dict[str, str]:
         return {"status": "ok", "site": site.site_id}

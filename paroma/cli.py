@@ -127,6 +127,12 @@ def node_token(
     typer.echo(token)
 
 
+# A patient's credential for the consent dashboard (protection_layer/dashboard).
+from paroma.cli_dashboard import patient_credential  # noqa: E402
+
+node_app.command("patient-credential")(patient_credential)
+
+
 @node_app.command("approve-plan")
 def approve_plan(
     folder: Path,

@@ -365,3 +365,50 @@ class ConsentStore:
             versions = self._db.execute("SELECT COUNT(*) FROM consent_version").fetchone()[0]
             patients = self._db.execute("SELECT COUNT(*) FROM patient_state").fetchone()[0]
         return {"consents": int(consents), "versions": int(versions), "patients": int(patients)}
+
+    # -- erasure ---------------------------------------------------------------------------
+
+    def erase_patient(self, patient: str, refusal: dict[str, Any]) -> tuple[int, ConsentChange]:
+        """Erasure (GDPR Art. 17): delete every version of the patient's consents and, in
+        the same transaction, store ``refusal`` (a Consent of that patient refusing
+        research) as their only one, so that the patient stays out of every job should
+        their records ever be loaded again. Returns how many versions were deleted, and
+        the refusal's change (audited like any other)."""
+        terms = consent_terms(refusal)
+        if terms["patient"] != patient:
+            raise FhirError.single(
+                f"the refusal is about Patient/{terms['patient']}, not Patient/{patient}",
+                location="Consent.patient",
+            )
+        consent_id = str(refusal.get("id") or uuid.uuid4())
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self._lock:
+            cur = self._db.cursor()
+            # Deleted bodies are overwritten, not left in free pages or the WAL.
+            cur.execute("PRAGMA secure_delete=ON")
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    str(r[0])
+                    for r in cur.execute(
+                        "SELECT consent_id FROM consent_current WHERE patient=?", (patient,)
+                    ).fetchall()
+                ]
+                deleted = 0
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    deleted += cur.execute(
+                        f"DELETE FROM consent_version WHERE consent_id IN ({marks})", list(chunk)
+                    ).rowcount
+                    cur.execute(f"DELETE FROM consent_current WHERE consent_id IN ({marks})", list(chunk))
+                # AUTOINCREMENT never reuses a seq, so the refusal's is above every deleted
+                # one and the deciders' changes_since sees the patient change.
+                change = self._write_one(cur, consent_id, dict(refusal), terms, stamp)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self._on_change is not None:
+            self._on_change([change])
+        return deleted, change
