@@ -7,6 +7,7 @@ import hashlib
 import os
 import ssl
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,6 +170,10 @@ def test_mutual_tls_refuses_what_the_federation_did_not_issue(tmp_path: Path) ->
         pki.revoke("cleveland")
     with TlsHashServer(aggregator) as server:
         refused(lambda: TlsClient(server.port, site))
+        # The server thread records its side of the refused handshake just after the client's.
+        deadline = time.monotonic() + 10
+        while not server.handshake_errors and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert any("revoked" in e for e in server.handshake_errors)
         assert server.connections == 0
 
