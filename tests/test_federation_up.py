@@ -307,6 +307,10 @@ def test_relay_failure_cve_and_site_death_mid_job(federation: FederationConfig, 
     submitted = submit(federation, job, out=tmp_path / "run")
 
     def at_round(n: int) -> bool:
+        # A job that ended before round n fails the test with the aggregator's reason.
+        if submitted.result_path.is_file():
+            ended = json.loads(submitted.result_path.read_text())
+            assert ended["status"] == "completed", ended["reason"]
         return int(submitted.progress().get("round", 0)) >= n
 
     # 1. A relay on cleveland's active path dies in round 1: the path moves off it.
