@@ -63,6 +63,8 @@ class TrainingSettings:
 
 
 PRIVACY_MODES = ("site", "server-fixed", "server-adaptive")
+# Strategies whose aggregate is a weighted mean of the updates: a SecAgg+ sum can serve them.
+SECURE_AGGREGATION_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,16 @@ def parse_job_spec(data: Any, base: Path | None = None) -> JobSpec:
         secure_aggregation=secure,
         mode=str(mode),
     )
+    if secure and mode != "site":
+        problems.append(("privacy.secure_aggregation", f"server-side DP ({mode}) needs each update in the clear"))
+    if secure and strategy not in SECURE_AGGREGATION_STRATEGIES:
+        problems.append(
+            (
+                "privacy.secure_aggregation",
+                f"strategy {strategy!r} needs each update in the clear; secure aggregation works with "
+                f"{', '.join(SECURE_AGGREGATION_STRATEGIES)}",
+            )
+        )
     if mode != "site" and privacy.noise_multiplier <= 0:
         problems.append(("privacy.noise_multiplier", f"server-side DP ({mode}) needs a noise multiplier > 0"))
     if mode == "server-fixed" and privacy.clip_norm <= 0:
