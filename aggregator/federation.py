@@ -253,7 +253,9 @@ def run_federation(
         start = time.perf_counter()
         results: dict[str, SiteResult] = {}
 
-        instructions = strategy.configure_train(server_round, arrays, ConfigRecord({"job": job.to_json()}), view)  # type: ignore[arg-type]
+        instructions = strategy.configure_train(
+            server_round, arrays, ConfigRecord({"job": job.to_json()}), view
+        )  # type: ignore[arg-type]
         secure: SecureRound | None = None
         if job.privacy.secure_aggregation:
             try:
@@ -262,7 +264,12 @@ def run_federation(
                 )
             except SecureAggregationFailed as exc:
                 return FederationResult(
-                    job.sha256, "failed", admissions, rounds, from_record(arrays), f"round {server_round}: {exc}"
+                    job.sha256,
+                    "failed",
+                    admissions,
+                    rounds,
+                    from_record(arrays),
+                    f"round {server_round}: {exc}",
                 )
             train_replies = secure.replies + secure.failures
         else:

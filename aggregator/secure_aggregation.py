@@ -50,6 +50,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from paroma.wire import from_record, to_record
 
+
 class SecureAggregationFailed(RuntimeError):
     """Too few sites stayed in the protocol to unmask the sum; the reason says at which stage."""
 
@@ -196,7 +197,9 @@ def run_secure_train_round(
         record = reply.content.config_records[RECORD_KEY_CONFIGS]
         src = reply.metadata.src_node_id
         for dst, ciphertext in zip(
-            cast(list[int], record[Key.DESTINATION_LIST]), cast(list[bytes], record[Key.CIPHERTEXT_LIST]), strict=True
+            cast(list[int], record[Key.DESTINATION_LIST]),
+            cast(list[bytes], record[Key.CIPHERTEXT_LIST]),
+            strict=True,
         ):
             if dst in forward:
                 forward[dst][0].append(src)
@@ -270,7 +273,9 @@ def run_secure_train_round(
             mask = pseudo_rand_gen(shared, settings.modulus_range, shapes)
             # The dropped site would have added (nid > other) or subtracted this mask and the
             # other site did the opposite, so the other site's share is left in the sum.
-            masked = parameters_addition(masked, mask) if nid > other else parameters_subtraction(masked, mask)
+            masked = (
+                parameters_addition(masked, mask) if nid > other else parameters_subtraction(masked, mask)
+            )
     summed = parameters_mod(masked, settings.modulus_range)
     q_total_ratio, quantised = factor_extract(summed)
     aggregated = dequantize(quantised, settings.clipping_range, settings.quantization_range)
@@ -304,9 +309,7 @@ def aggregate_secure_round(
     """The job strategy's aggregate of a secure round: the unmasked mean handed to it as
     the only reply, with the sites' train metrics averaged as the strategy averages them."""
     model = from_record(global_arrays)
-    averaged = {
-        name: (model[name] + secure.mean_update[name]).astype(model[name].dtype) for name in model
-    }
+    averaged = {name: (model[name] + secure.mean_update[name]).astype(model[name].dtype) for name in model}
     metrics = MetricRecord({"num-examples": float(secure.total_weight)})
     aggregate_metrics = getattr(strategy, "train_metrics_aggr_fn", None)
     if secure.replies and aggregate_metrics is not None:

@@ -67,7 +67,7 @@ def masked_update_adapter(message: Message, context: Context, call_next: ClientA
     metrics = reply.content.metric_records["metrics"]
     examples = metrics.get("num-examples", 0)
     weight = site_weight(job, int(examples) if isinstance(examples, int | float) else 0)
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(delta), int(round(weight)), {})
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(delta), round(weight), {})
     content = compat.fitres_to_recorddict(fitres, keep_input=True)
     # FitRes holds an int; the mod only divides it by max_weight, so the exact weight is kept.
     content.metric_records["fitres.num_examples"] = MetricRecord({"num_examples": weight})
@@ -100,4 +100,3 @@ def secure_aggregation_mod(message: Message, context: Context, call_next: Client
             reply_to=message,
         )
     return call_next(message, context)
-

@@ -23,7 +23,7 @@ from clinical_node.features import FeatureSpec, FeatureSpecError
 
 STRATEGIES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
-    "krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan",
+    "krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan", "filteredfedavg",
 )  # fmt: skip
 BUILTIN_FEATURE_SPECS = {"flamby-heart-disease": "flamby_heart_disease.toml"}
 # v3-ActReason purposes of use relevant to secondary use of health data.
@@ -307,7 +307,9 @@ def parse_job_spec(data: Any, base: Path | None = None) -> JobSpec:
         mode=str(mode),
     )
     if secure and mode != "site":
-        problems.append(("privacy.secure_aggregation", f"server-side DP ({mode}) needs each update in the clear"))
+        problems.append(
+            ("privacy.secure_aggregation", f"server-side DP ({mode}) needs each update in the clear")
+        )
     if secure and strategy not in SECURE_AGGREGATION_STRATEGIES:
         problems.append(
             (
