@@ -253,9 +253,8 @@ def run_federation(
         start = time.perf_counter()
         results: dict[str, SiteResult] = {}
 
-        instructions = strategy.configure_train(
-            server_round, arrays, ConfigRecord({"job": job.to_json()}), view
-        )  # type: ignore[arg-type]
+        job_config = ConfigRecord({"job": job.to_json()})
+        instructions = strategy.configure_train(server_round, arrays, job_config, view)  # type: ignore[arg-type]
         secure: SecureRound | None = None
         if job.privacy.secure_aggregation:
             try:

@@ -149,6 +149,10 @@ class JobSpec:
             data = tomllib.loads(Path(path).read_text())
         except OSError as exc:
             raise JobSpecError([("(file)", f"{path}: {exc.strerror}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise JobSpecError(
+                [("(file)", f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")]
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise JobSpecError([("(file)", f"{path}: not valid TOML: {exc}")]) from exc
         return parse_job_spec(data, base=Path(path).parent)

@@ -32,7 +32,7 @@ from interconnect.pce.service import create_app as create_pce_app
 from protection_layer.opa_api import create_opa_app
 
 # Bounded so that the whole fuzz suite stays well under a minute on two busy cores.
-EXAMPLES_PER_OPERATION = 6
+EXAMPLES_PER_OPERATION = 3
 
 # What a leaked Python exception looks like in a body.
 STACK_TRACE = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\.py\", line \d+|\b\w+Error\(")
