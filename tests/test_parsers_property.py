@@ -252,7 +252,7 @@ METRICS = {
 def cvss_vectors(draw: st.DrawFn) -> str:
     """Well-formed v3 vectors most of the time, and every way of getting one wrong."""
     version = draw(st.sampled_from(["CVSS:3.1", "CVSS:3.0", "CVSS:2.0", "CVSS:3.1", ""]))
-    parts = [f"{m}:{draw(st.sampled_from(list(values) + ['X', 'Q', '']))}" for m, values in METRICS.items()]
+    parts = [f"{m}:{draw(st.sampled_from([*values, 'X', 'Q', '']))}" for m, values in METRICS.items()]
     parts = draw(st.permutations(parts)) if draw(st.booleans()) else parts
     if draw(st.booleans()):
         parts = parts[: draw(st.integers(0, len(parts)))]
