@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from interconnect.pce.access import OperatorGate, OperatorTokens
 from interconnect.pce.cve import Vulnerability, vulnerability_from_vector
 from interconnect.pce.engine import (
     ChangeReport,
@@ -182,7 +183,10 @@ def event_frame(event: Event) -> str:
 # ------------------------------------------------------------------ the app
 
 
-def create_app(engine: SecurePathEngine, nvd: NvdClient) -> FastAPI:
+def create_app(
+    engine: SecurePathEngine, nvd: NvdClient, *, operator_tokens: OperatorTokens | None = None
+) -> FastAPI:
+    """The GUI and REST API; with ``operator_tokens``, changes need an operator (``access.py``)."""
     app = FastAPI(
         title="PAROMA-MED Secure Traffic Engine",
         description=(
@@ -192,6 +196,8 @@ def create_app(engine: SecurePathEngine, nvd: NvdClient) -> FastAPI:
         version="1.0",
     )
     install_problem_handlers(app)
+    if operator_tokens is not None:
+        app.add_middleware(OperatorGate, tokens=operator_tokens)
 
     @app.exception_handler(PceError)
     async def _pce_error(request: Request, exc: PceError) -> JSONResponse:
