@@ -29,7 +29,7 @@ def test_the_far_off_update_is_the_one_left_out() -> None:
     verdict = outlier_verdict([honest[0], attacker, honest[1], honest[2]], 2.5, 1)
     assert verdict.kept == [0, 2, 3]
     assert verdict.scores[1] == max(verdict.scores) > 2.5
-    assert outlier_verdict(honest + [honest[0] * 1.1], 2.5, 1).kept == [0, 1, 2, 3]
+    assert outlier_verdict([*honest, honest[0] * 1.1], 2.5, 1).kept == [0, 1, 2, 3]
     # never more than num_malicious_nodes, and no verdict without a majority
     assert len(outlier_verdict([honest[0], attacker, 2 * attacker, honest[1]], 2.5, 1).kept) == 3
     assert outlier_verdict([honest[0], attacker], 2.5, 1).kept == [0, 1]
