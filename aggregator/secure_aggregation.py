@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
@@ -49,6 +49,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from paroma.wire import from_record, to_record
+
+ERROR_MALFORMED_REPLY = 4210
 
 
 class SecureAggregationFailed(RuntimeError):
@@ -93,8 +95,20 @@ class _State:
     threshold: int
     neighbours: dict[int, set[int]]
     active: set[int]
+    originals: dict[int, Message] = field(default_factory=dict)
     public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     failures: list[Message] = field(default_factory=list)
+
+    def malformed(self, reply: Message, stage: str) -> None:
+        """A site whose answer does not follow the protocol leaves it, as a failed site."""
+        node_id = reply.metadata.src_node_id
+        self.active.discard(node_id)
+        self.failures.append(
+            Message(
+                Error(ERROR_MALFORMED_REPLY, f"the site's {stage} answer does not follow SecAgg+"),
+                reply_to=self.originals[node_id],
+            )
+        )
 
 
 @dataclass
@@ -144,7 +158,8 @@ def run_secure_train_round(
 ) -> SecureRound:
     """Train one round through SecAgg+ on the sites ``train_messages`` (the strategy's
     configured train messages: global model and job) are addressed to."""
-    instructions = {m.metadata.dst_node_id: m.content for m in train_messages}
+    originals = {m.metadata.dst_node_id: m for m in train_messages}
+    instructions = {node_id: m.content for node_id, m in originals.items()}
     sampled = list(instructions)
     if len(sampled) < 2:
         raise SecureAggregationFailed("secure aggregation needs at least two sites")
@@ -155,7 +170,7 @@ def run_secure_train_round(
     neighbours = {
         nid: {order[(i + k) % len(order)] for k in range(-half, half + 1)} for i, nid in enumerate(order)
     }
-    state = _State(sampled, threshold, neighbours, set(sampled))
+    state = _State(sampled, threshold, neighbours, set(sampled), originals)
 
     # Stage 0: setup.
     # One record per site: a site's mod consumes the stage key of the record it receives.
@@ -176,11 +191,12 @@ def run_secure_train_round(
 
     replies = _exchange(grid, state, server_round, {n: setup(n) for n in sampled}, timeout)
     for reply in replies:
-        keys = reply.content.config_records[RECORD_KEY_CONFIGS]
-        state.public_keys[reply.metadata.src_node_id] = (
-            cast(bytes, keys[Key.PUBLIC_KEY_1]),
-            cast(bytes, keys[Key.PUBLIC_KEY_2]),
-        )
+        keys = reply.content.config_records.get(RECORD_KEY_CONFIGS) or {}
+        pk1, pk2 = keys.get(Key.PUBLIC_KEY_1), keys.get(Key.PUBLIC_KEY_2)
+        if not isinstance(pk1, bytes) or not isinstance(pk2, bytes):
+            state.malformed(reply, "setup")
+            continue
+        state.public_keys[reply.metadata.src_node_id] = (pk1, pk2)
     _check_threshold(state, "setup")
 
     # Stage 1: share keys.
@@ -194,14 +210,21 @@ def run_secure_train_round(
     replies = _exchange(grid, state, server_round, {n: share_keys(n) for n in sorted(state.active)}, timeout)
     forward: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in state.active}
     for reply in replies:
-        record = reply.content.config_records[RECORD_KEY_CONFIGS]
         src = reply.metadata.src_node_id
-        for dst, ciphertext in zip(
-            cast(list[int], record[Key.DESTINATION_LIST]),
-            cast(list[bytes], record[Key.CIPHERTEXT_LIST]),
-            strict=True,
-        ):
-            if dst in forward:
+        try:
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            pairs = list(
+                zip(
+                    cast(list[int], record[Key.DESTINATION_LIST]),
+                    cast(list[bytes], record[Key.CIPHERTEXT_LIST]),
+                    strict=True,
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            state.malformed(reply, "key sharing")
+            continue
+        for dst, ciphertext in pairs:
+            if dst in forward and isinstance(ciphertext, bytes):
                 forward[dst][0].append(src)
                 forward[dst][1].append(ciphertext)
     _check_threshold(state, "key sharing")
@@ -219,13 +242,25 @@ def run_secure_train_round(
     masked: list[np.ndarray] | None = None
     site_replies: list[Message] = []
     total_weight = 0.0
+    # the weight factor first, then one vector per tensor of the global model
+    expected = [(1,)] + [
+        tuple(a.shape) for a in next(iter(instructions.values())).array_records["arrays"].values()
+    ]
     for reply in replies:
-        record = reply.content.config_records[RECORD_KEY_CONFIGS]
-        vector = [bytes_to_ndarray(b) for b in cast(list[bytes], record[Key.MASKED_PARAMETERS])]
+        try:
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            vector = [bytes_to_ndarray(b) for b in cast(list[bytes], record[Key.MASKED_PARAMETERS])]
+            weight = float(cast(float, reply.content.metric_records["fitres.num_examples"]["num_examples"]))
+            kept = _site_reply(reply)
+        except (KeyError, TypeError, ValueError):
+            state.malformed(reply, "masked-vector")
+            continue
+        if [tuple(v.shape) for v in vector] != expected or not 0.0 <= weight <= settings.max_weight:
+            state.malformed(reply, "masked-vector")
+            continue
         masked = vector if masked is None else parameters_addition(masked, vector)
-        weight = reply.content.metric_records["fitres.num_examples"]["num_examples"]
-        total_weight += float(cast(float, weight))
-        site_replies.append(_site_reply(reply))
+        total_weight += weight
+        site_replies.append(kept)
     _check_threshold(state, "masked-vector collection")
     assert masked is not None
     masked = parameters_mod(masked, settings.modulus_range)
@@ -247,11 +282,20 @@ def run_secure_train_round(
     replies = _exchange(grid, state, server_round, {n: unmask(n) for n in sorted(state.active)}, timeout)
     collected: dict[int, list[bytes]] = {n: [] for n in sampled}
     for reply in replies:
-        record = reply.content.config_records[RECORD_KEY_CONFIGS]
-        for owner, share in zip(
-            cast(list[int], record[Key.NODE_ID_LIST]), cast(list[bytes], record[Key.SHARE_LIST]), strict=True
-        ):
-            collected[owner].append(share)
+        try:
+            record = reply.content.config_records[RECORD_KEY_CONFIGS]
+            owned = list(
+                zip(
+                    cast(list[int], record[Key.NODE_ID_LIST]),
+                    cast(list[bytes], record[Key.SHARE_LIST]),
+                    strict=True,
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue  # its shares are missing; the threshold decides whether the sum can be unmasked
+        for owner, share in owned:
+            if owner in collected and isinstance(share, bytes):
+                collected[owner].append(share)
     shapes = get_parameters_shape(masked)
     for nid, share_list in collected.items():
         if len(share_list) < threshold:
@@ -259,7 +303,12 @@ def run_secure_train_round(
                 f"secure aggregation stopped at unmasking: {len(share_list)} shares of a site's secret "
                 f"came back, {threshold} needed"
             )
-        secret = combine_shares(share_list)
+        try:
+            secret = combine_shares(share_list)
+        except ValueError as exc:
+            raise SecureAggregationFailed(
+                f"secure aggregation stopped at unmasking: a secret's shares do not combine ({exc})"
+            ) from None
         if nid in sent_vectors:
             masked = parameters_subtraction(masked, pseudo_rand_gen(secret, settings.modulus_range, shapes))
             continue

@@ -170,6 +170,29 @@ def test_aggregator_sees_only_masked_updates_yet_gets_the_fedavg_aggregate(uci_s
         )
 
 
+class _TamperingGrid(_RecordingGrid):
+    """One site's masked vector arrives truncated (a faulty or malicious site)."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(super().pull_messages(message_ids))
+        for reply in replies:
+            config = None if reply.has_error() else reply.content.config_records.get(RECORD_KEY_CONFIGS)
+            if reply.metadata.src_node_id == 2 and config is not None and Key.MASKED_PARAMETERS in config:
+                config[Key.MASKED_PARAMETERS] = list(config[Key.MASKED_PARAMETERS])[:1]  # type: ignore[arg-type]
+        return replies
+
+
+def test_a_malformed_masked_vector_drops_that_site_not_the_round(uci_sites: Path) -> None:
+    sites = _sites(uci_sites)[:3]
+    job = _job(secure=True)
+    grid = _TamperingGrid(build_client_app([str(s) for s in sites]), len(sites))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    result = run_federation(grid, job, expected_sites=len(sites), node_wait_s=0)
+    assert result.status == "completed", result.reason
+    errors = {name: s.error for name, s in result.rounds[0].sites.items() if s.error}
+    assert len(errors) == 1 and "does not follow SecAgg+" in next(iter(errors.values()))
+
+
 def test_site_refuses_to_send_a_secure_jobs_update_in_the_clear(uci_sites: Path) -> None:
     sites = _sites(uci_sites)[:1]
     job = _job(secure=True)
