@@ -48,6 +48,10 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "name": "filteredfedavg",
         "params": {"weight_exponent": 0.875, "outlier_factor": 2.5, "num_malicious_nodes": 1},
     },
+    "Outlier-filtered FedAvg (f=1, factor 2.0)": {
+        "name": "filteredfedavg",
+        "params": {"weight_exponent": 0.875, "outlier_factor": 2.0, "num_malicious_nodes": 1},
+    },
 }
 BASELINE = "FedAvg (demo job)"
 
@@ -87,11 +91,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--attacker", default="cleveland")
     parser.add_argument("--only", nargs="+", default=None, help="strategies to rerun (name substrings)")
+    parser.add_argument(
+        "--keep-baseline", action="store_true", help="with --only: take FedAvg's rows from the previous file"
+    )
     args = parser.parse_args()
     chosen = {
         name: s
         for name, s in STRATEGIES.items()
-        if args.only is None or name == BASELINE or any(o.lower() in name.lower() for o in args.only)
+        if args.only is None
+        or (name == BASELINE and not args.keep_baseline)
+        or any(o.lower() in name.lower() for o in args.only)
     }
     logging.getLogger("flwr").setLevel(logging.ERROR)
     attack = Poisoning(args.attacker, "sign-flip", 10.0)
@@ -105,9 +114,11 @@ def main() -> None:
                 "poisoned": [run(sites, strategy, s, args.rounds, attack) for s in args.seeds],
             }
             print(f"  {name}: done", flush=True)
-    fedavg_clean = float(np.mean(results[BASELINE]["clean"]))
     rows, summary = [], {}
     carried = _previous(set(chosen), args) if args.only else {}
+    fedavg_clean = (
+        float(np.mean(results[BASELINE]["clean"])) if BASELINE in results else carried[BASELINE]["clean_mean"]
+    )
     for name in STRATEGIES:
         if name in results:
             r = results[name]
