@@ -191,7 +191,7 @@ def run_secure_train_round(
 
     replies = _exchange(grid, state, server_round, {n: setup(n) for n in sampled}, timeout)
     for reply in replies:
-        keys = reply.content.config_records.get(RECORD_KEY_CONFIGS) or {}
+        keys: Mapping[str, object] = reply.content.config_records.get(RECORD_KEY_CONFIGS) or {}
         pk1, pk2 = keys.get(Key.PUBLIC_KEY_1), keys.get(Key.PUBLIC_KEY_2)
         if not isinstance(pk1, bytes) or not isinstance(pk2, bytes):
             state.malformed(reply, "setup")

@@ -21,7 +21,7 @@ from flwr.app import Context, Error, Message, MessageType, MetricRecord
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
 from paroma.jobspec import JobSpec, JobSpecError
@@ -67,6 +67,21 @@ def masked_update_adapter(message: Message, context: Context, call_next: ClientA
     metrics = reply.content.metric_records["metrics"]
     examples = metrics.get("num-examples", 0)
     weight = site_weight(job, int(examples) if isinstance(examples, int | float) else 0)
+    # SecAgg+ quantises weight / max_weight x update within its clipping range: beyond them
+    # the sum would wrap or clip silently, so the site leaves the round with the reason.
+    protocol = context.state.config_records.get(RECORD_KEY_STATE)
+    if protocol is not None:
+        max_weight = float(protocol.get("max_weight", 0.0) or 0.0)  # type: ignore[arg-type]
+        clipping = float(protocol.get("clipping_range", 0.0) or 0.0)  # type: ignore[arg-type]
+        if max_weight > 0 and weight > max_weight:
+            raise SecureAggregationAborted(
+                f"the site's weight {weight:.0f} is above SecAgg+'s max_weight {max_weight:.0f}"
+            )
+        largest = max((float(np.max(np.abs(d))) for d in delta if d.size), default=0.0)
+        if max_weight > 0 and clipping > 0 and largest * weight / max_weight > clipping:
+            raise SecureAggregationAborted(
+                f"the site's weighted update leaves SecAgg+'s clipping range +-{clipping:g}"
+            )
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(delta), round(weight), {})
     content = compat.fitres_to_recorddict(fitres, keep_input=True)
     # FitRes holds an int; the mod only divides it by max_weight, so the exact weight is kept.

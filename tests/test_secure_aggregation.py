@@ -10,16 +10,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.federation import initial_weights, run_federation
-from aggregator.secure_aggregation import SecAggPlusSettings
+from aggregator.secure_aggregation import SecAggPlusSettings, run_secure_train_round
+from aggregator.strategies import build_strategy
 from clinical_node.client_app import build_client_app
-from clinical_node.secure_aggregation import ERROR_SECURE_AGGREGATION_REQUIRED, site_weight
+from clinical_node.secure_aggregation import (
+    ERROR_SECURE_AGGREGATION_REQUIRED,
+    secure_aggregation_mod,
+    site_weight,
+)
 from deploy.inprocess import InProcessGrid
 from paroma.demo import demo_job
 from paroma.jobspec import JobSpec, JobSpecError, parse_job_spec
@@ -191,6 +197,46 @@ def test_a_malformed_masked_vector_drops_that_site_not_the_round(uci_sites: Path
     assert result.status == "completed", result.reason
     errors = {name: s.error for name, s in result.rounds[0].sites.items() if s.error}
     assert len(errors) == 1 and "does not follow SecAgg+" in next(iter(errors.values()))
+
+
+def _instant_sites(scale_of: dict[int, float]) -> ClientApp:
+    """Sites that answer at once with global + scale x 0.01 (no training)."""
+    app = ClientApp(mods=[secure_aggregation_mod])
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        weights = from_record(message.content.array_records["arrays"])
+        scale = scale_of.get(context.node_id, 1.0)
+        update = {k: (v + scale * 0.01).astype(v.dtype) for k, v in weights.items()}
+        return Message(
+            RecordDict(
+                {
+                    "arrays": to_record(update),
+                    "metrics": MetricRecord({"num-examples": 100}),
+                    "site": ConfigRecord({"site-id": f"site-{context.node_id}"}),
+                }
+            ),
+            reply_to=message,
+        )
+
+    return app
+
+
+def test_an_update_outside_the_quantisation_range_leaves_the_round_not_corrupts_it() -> None:
+    job = _job(secure=True, strategy={"name": "fedavg"})
+    grid = InProcessGrid(_instant_sites({3: 1e5}), 4)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    model = {"w": np.zeros(8, dtype=np.float32)}
+    strategy = build_strategy("fedavg", {}, 4)
+    messages = strategy.configure_train(
+        1, to_record(model), ConfigRecord({"job": job.to_json(), "server-round": 1}), grid
+    )
+    secure = run_secure_train_round(grid, messages, 1, SecAggPlusSettings())
+    assert [f.metadata.src_node_id for f in secure.failures] == [3]
+    assert "clipping range" in str(secure.failures[0].error.reason)
+    np.testing.assert_allclose(
+        secure.mean_update["w"], 0.01, atol=SecAggPlusSettings().quantisation_error(3, 300.0)
+    )
 
 
 def test_site_refuses_to_send_a_secure_jobs_update_in_the_clear(uci_sites: Path) -> None:
