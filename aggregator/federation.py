@@ -3,7 +3,8 @@
 Admission first: every connected site is asked (a Flower query message) whether it admits
 the job, and answers with a reason. The job goes on with the admitting sites if there are at
 least ``min_sites`` of them; otherwise it fails listing every site's reason. Then each round
-trains and evaluates on the admitted sites with the job's Flower strategy, and records every
+trains and evaluates on the admitted sites with the job's Flower strategy (through SecAgg+
+when the job asks for secure aggregation, ``secure_aggregation.py``), and records every
 site's metrics, cohort and failures. An observer sees each step (progress bars, the job
 service's status, checkpoints).
 """
@@ -24,6 +25,13 @@ from clinical_node.plans import TrainingPlan
 from paroma.jobspec import JobSpec
 from paroma.wire import ADMISSION_QUERY, from_record, numbers_of, to_record
 
+from .secure_aggregation import (
+    SecAggPlusSettings,
+    SecureAggregationFailed,
+    SecureRound,
+    aggregate_secure_round,
+    run_secure_train_round,
+)
 from .strategies import build_strategy
 
 
@@ -257,12 +265,26 @@ def run_federation(
         start = time.perf_counter()
         results: dict[str, SiteResult] = {}
 
-        train_replies = list(
-            grid.send_and_receive(
-                strategy.configure_train(server_round, arrays, ConfigRecord({"job": job.to_json()}), view),  # type: ignore[arg-type]
-                timeout=job.round_timeout_s,
-            )
-        )
+        job_config = ConfigRecord({"job": job.to_json()})
+        instructions = strategy.configure_train(server_round, arrays, job_config, view)  # type: ignore[arg-type]
+        secure: SecureRound | None = None
+        if job.privacy.secure_aggregation:
+            try:
+                secure = run_secure_train_round(
+                    grid, instructions, server_round, SecAggPlusSettings(), job.round_timeout_s
+                )
+            except SecureAggregationFailed as exc:
+                return FederationResult(
+                    job.sha256,
+                    "failed",
+                    admissions,
+                    rounds,
+                    from_record(arrays),
+                    f"round {server_round}: {exc}",
+                )
+            train_replies = secure.replies + secure.failures
+        else:
+            train_replies = list(grid.send_and_receive(instructions, timeout=job.round_timeout_s))
         ok = [m for m in train_replies if not m.has_error()]
         for reply in train_replies:
             entry = _entry(results, reply, sites)
@@ -301,7 +323,11 @@ def run_federation(
                 from_record(arrays),
                 f"round {server_round}: {len(ok)} site(s) returned an update, {job.min_sites} needed ({failures}{extra})",
             )
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, ok)
+        new_arrays, train_metrics = (
+            aggregate_secure_round(strategy, server_round, arrays, secure)
+            if secure is not None
+            else strategy.aggregate_train(server_round, ok)
+        )
         if new_arrays is not None:
             arrays = new_arrays
         eval_replies = list(

@@ -86,6 +86,18 @@ def _fedopt(cls: type[Any]) -> Callable[..., Strategy]:
     return make
 
 
+def _filtered_fedavg(common: dict[str, Any], p: Mapping[str, float]) -> Strategy:
+    # robust.py builds on SizeDampedFedAvg above, so it is imported when first asked for.
+    from .robust import OutlierFilteredFedAvg
+
+    return OutlierFilteredFedAvg(
+        **common,
+        weight_exponent=float(p.get("weight_exponent", 1.0)),
+        outlier_factor=float(p.get("outlier_factor", 3.0)),
+        num_malicious_nodes=int(p.get("num_malicious_nodes", 1)),
+    )
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any], Mapping[str, float]], Strategy]] = {
     "fedavg": lambda c, p: SizeDampedFedAvg(**c, weight_exponent=float(p.get("weight_exponent", 1.0))),
     "fedprox": lambda c, p: FedProx(**c, proximal_mu=float(p.get("proximal_mu", 0.01))),
@@ -103,6 +115,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any], Mapping[str, float]], Strategy]] 
         num_malicious_nodes=int(p.get("num_malicious_nodes", 1)),
         num_nodes_to_select=int(p.get("num_nodes_to_select", 2)),
     ),
+    "filteredfedavg": lambda c, p: _filtered_fedavg(c, p),
     "fedmedian": lambda c, p: FedMedian(**c),
     "fedtrimmedavg": lambda c, p: FedTrimmedAvg(**c, beta=float(p.get("beta", 0.25))),
     "bulyan": lambda c, p: Bulyan(**c, num_malicious_nodes=int(p.get("num_malicious_nodes", 1))),

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# PAROMA_BENCHMARK_RESULTS sends a run's files elsewhere (run_all.py --quick keeps them apart).
+RESULTS = Path(os.environ.get("PAROMA_BENCHMARK_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict[str, Any]:

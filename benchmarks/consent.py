@@ -253,7 +253,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=2_000, help="per-resource baseline queries to time")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/paroma-bench-consent"))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "consent.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("PAROMA_BENCHMARK_RESULTS") or ROOT / "benchmarks" / "results")
+        / "consent.json",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -24,6 +24,7 @@ import gc
 import itertools
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -46,7 +47,7 @@ from interconnect.pce.synthetic import synthetic_topology
 from interconnect.pce.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results" / "pce.json"
+RESULTS = Path(os.environ.get("PAROMA_BENCHMARK_RESULTS") or ROOT / "benchmarks" / "results") / "pce.json"
 BANDWIDTH = 100.0
 THRESHOLD = 50.0
 BASELINE_BUDGET_S = 1.0  # per request: Yen's search is exponential in the worst case
@@ -320,7 +321,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print_tables(result)
-    print(f"\nwrote {RESULTS.relative_to(ROOT)} ({result['seconds']:.0f} s)")
+    print(f"\nwrote {RESULTS} ({result['seconds']:.0f} s)")
 
 
 def print_tables(result: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from clinical_node.training import InProcessExecutor, LocalResult, LocalTask, va
 from paroma.demo import demo_job
 from paroma.jobspec import builtin_feature_spec
 
-OUT = Path(__file__).parent / "results" / "sandbox.json"
+OUT = Path(os.environ.get("PAROMA_BENCHMARK_RESULTS") or Path(__file__).parent / "results") / "sandbox.json"
 
 
 def cleveland_tasks() -> tuple[LocalTask, LocalTask]:

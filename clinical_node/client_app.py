@@ -18,6 +18,7 @@ from paroma.wire import ERROR_ROUND_FAILED, arrays_of, config_int, from_record, 
 
 from .node import ClinicalNode, RoundFailure, RoundReport
 from .runtime import open_node, site_dirs
+from .secure_aggregation import secure_aggregation_mod
 
 
 def _node_for(context: Context, sites: list[str] | None) -> ClinicalNode:
@@ -80,7 +81,9 @@ def _reply_admission(message: Message, node: ClinicalNode, accepted: bool, reaso
 def build_client_app(sites: list[str] | None = None, mods: list[Mod] | None = None) -> ClientApp:
     """A ClientApp serving the given site folders by partition id (simulation), or the
     ``site-dir`` node config / ``sites-root`` run config when ``sites`` is None."""
-    app = ClientApp(mods=mods)
+    # Secure aggregation wraps everything else: attacks scripted by ``mods`` and the node's
+    # own checks and DP act on the update before it is masked.
+    app = ClientApp(mods=[secure_aggregation_mod, *(mods or [])])
 
     @app.query("admission")
     def admission(message: Message, context: Context) -> Message:

@@ -13,6 +13,7 @@ that is the protection layer's consent-filtered view of the store.
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -119,10 +120,12 @@ class FeatureSpec:
             out: dict[str, Any] = {"name": f.name, "source": f.source, "encoding": f.encoding}
             if f.code:
                 out["code"] = f"{f.system}|{f.code}" if f.system else f.code
+            # what the spec said travels whole (sites parse it again), defaults stay implicit
             if f.categories:
                 out["categories"] = list(f.categories)
+            if f.categories or f.drop_first:
                 out["drop_first"] = f.drop_first
-            if f.encoding == "boolean":
+            if f.encoding == "boolean" or f.true_values != ("true", "male"):
                 out["true_values"] = list(f.true_values)
             out["missing"] = f.missing
             if f.absent_value is not None:
@@ -159,6 +162,13 @@ def _token(text: Any, where: str) -> tuple[str | None, str]:
     return None, text
 
 
+def _strings(raw: Mapping[str, Any], key: str, default: tuple[str, ...], where: str) -> tuple[str, ...]:
+    value = raw.get(key, default)
+    if not isinstance(value, list | tuple) or any(isinstance(v, dict | list | tuple) for v in value):
+        raise FeatureSpecError(f"{where}.{key}: expected a list of values, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
 def _parse_spec(data: Mapping[str, Any]) -> FeatureSpec:
     if not isinstance(data, Mapping):
         raise FeatureSpecError("feature spec: expected a table")
@@ -189,17 +199,23 @@ def _parse_spec(data: Mapping[str, Any]) -> FeatureSpec:
         encoding = raw.get("encoding", "numeric")
         if encoding not in ENCODINGS:
             raise FeatureSpecError(f"{where}.encoding: {encoding!r} is not one of {', '.join(ENCODINGS)}")
-        categories = tuple(str(c) for c in raw.get("categories", ()))
+        categories = _strings(raw, "categories", (), where)
         if encoding == "onehot" and len(categories) < 2:
             raise FeatureSpecError(f"{where}.categories: a one-hot feature needs at least 2 categories")
         missing = raw.get("missing", "drop")
-        if not (missing in ("drop", "mean") or isinstance(missing, int | float)) or isinstance(missing, bool):
+        if (
+            not (missing in ("drop", "mean") or isinstance(missing, int | float))
+            or isinstance(missing, bool)
+            or (isinstance(missing, float) and not math.isfinite(missing))
+        ):
             raise FeatureSpecError(f"{where}.missing: expected 'drop', 'mean' or a number, got {missing!r}")
         if encoding == "onehot" and missing == "mean":
             raise FeatureSpecError(f"{where}.missing: 'mean' is not defined for a one-hot feature")
         absent = raw.get("absent_value")
-        if absent is not None and (isinstance(absent, bool) or not isinstance(absent, int | float)):
-            raise FeatureSpecError(f"{where}.absent_value: expected a number")
+        if absent is not None and (
+            isinstance(absent, bool) or not isinstance(absent, int | float) or not math.isfinite(absent)
+        ):
+            raise FeatureSpecError(f"{where}.absent_value: expected a finite number")
         features.append(
             Feature(
                 name=fname,
@@ -209,7 +225,7 @@ def _parse_spec(data: Mapping[str, Any]) -> FeatureSpec:
                 encoding=encoding,
                 categories=categories,
                 drop_first=bool(raw.get("drop_first", False)),
-                true_values=tuple(str(v) for v in raw.get("true_values", ("true", "male"))),
+                true_values=_strings(raw, "true_values", ("true", "male"), where),
                 missing=missing if isinstance(missing, str) else float(missing),
                 absent_value=None if absent is None else float(absent),
             )

@@ -23,7 +23,7 @@ from clinical_node.features import FeatureSpec, FeatureSpecError
 
 STRATEGIES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
-    "krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan",
+    "krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan", "filteredfedavg",
 )  # fmt: skip
 BUILTIN_FEATURE_SPECS = {"flamby-heart-disease": "flamby_heart_disease.toml"}
 # v3-ActReason purposes of use relevant to secondary use of health data.
@@ -63,6 +63,8 @@ class TrainingSettings:
 
 
 PRIVACY_MODES = ("site", "server-fixed", "server-adaptive")
+# Strategies whose aggregate is a weighted mean of the updates: a SecAgg+ sum can serve them.
+SECURE_AGGREGATION_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,10 @@ class JobSpec:
             data = tomllib.loads(Path(path).read_text())
         except OSError as exc:
             raise JobSpecError([("(file)", f"{path}: {exc.strerror}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise JobSpecError(
+                [("(file)", f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")]
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise JobSpecError([("(file)", f"{path}: not valid TOML: {exc}")]) from exc
         return parse_job_spec(data, base=Path(path).parent)
@@ -304,6 +310,18 @@ def parse_job_spec(data: Any, base: Path | None = None) -> JobSpec:
         secure_aggregation=secure,
         mode=str(mode),
     )
+    if secure and mode != "site":
+        problems.append(
+            ("privacy.secure_aggregation", f"server-side DP ({mode}) needs each update in the clear")
+        )
+    if secure and strategy not in SECURE_AGGREGATION_STRATEGIES:
+        problems.append(
+            (
+                "privacy.secure_aggregation",
+                f"strategy {strategy!r} needs each update in the clear; secure aggregation works with "
+                f"{', '.join(SECURE_AGGREGATION_STRATEGIES)}",
+            )
+        )
     if mode != "site" and privacy.noise_multiplier <= 0:
         problems.append(("privacy.noise_multiplier", f"server-side DP ({mode}) needs a noise multiplier > 0"))
     if mode == "server-fixed" and privacy.clip_norm <= 0:

@@ -13,8 +13,9 @@ and ``sig`` (Ed25519 over the hash). :func:`verify` recomputes all of it: an edi
 breaks its hash or signature, a deleted, inserted or moved entry breaks the sequence and
 the chain, and a truncated end disagrees with the signed head checkpoint.
 
-Appends are crash-safe: under an exclusive lock, one ``write`` of a whole line on an
-``O_APPEND`` descriptor, ``fsync``, then the head is replaced atomically. A process
+Appends are crash-safe: under an exclusive lock, the head first announces the batch about
+to be written (``pending``: its last seq, signed), then one ``write`` of the whole lines on
+an ``O_APPEND`` descriptor, ``fsync``, then the head is replaced atomically. A process
 killed mid-append leaves at most one torn last line without its newline; the next append
 cuts it off (and records that it did), and :func:`verify` reports it as an interrupted
 append, not as tampering, as long as the head does not claim that entry.
@@ -69,8 +70,10 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(body)).hexdigest()
 
 
-def _head_message(seq: int, digest: str) -> bytes:
-    return f"paroma-audit-head:{seq}:{digest}".encode()
+def _head_message(seq: int, digest: str, pending: int | None = None) -> bytes:
+    if pending is None:
+        return f"paroma-audit-head:{seq}:{digest}".encode()
+    return f"paroma-audit-head:{seq}:{digest}:pending:{pending}".encode()
 
 
 def load_signing_key(path: Path, *, create: bool = False) -> Ed25519PrivateKey:
@@ -81,15 +84,21 @@ def load_signing_key(path: Path, *, create: bool = False) -> Ed25519PrivateKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        # Written whole to a private temporary name, then linked into place: a process
+        # killed on the way leaves no empty or partial key, and an existing key is never
+        # replaced (link fails if another process made it first).
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.link(tmp, path)
         except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
+            pass
+        finally:
+            tmp.unlink()
     try:
         mode = path.stat().st_mode & 0o777
         data = path.read_bytes()
@@ -213,6 +222,7 @@ class AuditLog:
         site: str,
     ) -> tuple[int, str]:
         lines = []
+        first_seq, first_prev = seq + 1, prev
         for kind, data in records:
             entry: dict[str, Any] = {
                 "seq": seq + 1,
@@ -228,6 +238,10 @@ class AuditLog:
             seq, prev = int(entry["seq"]), str(entry["hash"])
         if not lines:
             return seq, prev
+        # Announce the batch in the head before writing it: a process killed between the
+        # write and the final head leaves a head that vouches for seq..pending, so the
+        # batch's entries are an interrupted append, not entries added outside the writer.
+        self._write_head(key, first_seq - 1, first_prev, pending=seq)
         block = b"".join(lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -237,18 +251,22 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
-        head = {
-            "seq": seq,
-            "hash": prev,
-            "sig": base64.b64encode(key.sign(_head_message(seq, prev))).decode(),
-        }
+        self._write_head(key, seq, prev)
+        return seq, prev
+
+    def _write_head(
+        self, key: Ed25519PrivateKey, seq: int, digest: str, *, pending: int | None = None
+    ) -> None:
+        head: dict[str, Any] = {"seq": seq, "hash": digest}
+        if pending is not None:
+            head["pending"] = pending
+        head["sig"] = base64.b64encode(key.sign(_head_message(seq, digest, pending))).decode()
         tmp = self.head_path.with_suffix(".tmp")
         with open(tmp, "w") as handle:
             json.dump(head, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.head_path)
-        return seq, prev
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -350,9 +368,10 @@ def verify(path: Path, head_path: Path, public_key: Ed25519PublicKey) -> Verific
     if head_path.exists():
         try:
             head = json.loads(head_path.read_text())
+            pending = None if head.get("pending") is None else int(head["pending"])
             public_key.verify(
                 base64.b64decode(head["sig"], validate=True),
-                _head_message(int(head["seq"]), str(head["hash"])),
+                _head_message(int(head["seq"]), str(head["hash"]), pending),
             )
             head_seq, head_hash = int(head["seq"]), str(head["hash"])
         except (ValueError, KeyError, TypeError, InvalidSignature):
@@ -360,7 +379,23 @@ def verify(path: Path, head_path: Path, public_key: Ed25519PublicKey) -> Verific
                 f"{head_path.name}: the head checkpoint is malformed or not signed by the site"
             )
         else:
-            if head_seq > last_seq:
+            if pending is not None and head_seq <= last_seq <= pending:
+                # the writer announced entries head_seq+1..pending and was stopped mid-append
+                if hashes.get(head_seq, GENESIS) != head_hash:
+                    result.problems.append(
+                        f"entry seq {head_seq} is not the one the signed head records (entry replaced)"
+                    )
+                elif last_seq > head_seq:
+                    result.warnings.append(
+                        f"entries {head_seq + 1}-{last_seq} were written by an append that was interrupted "
+                        "before its head checkpoint; the next append completes it"
+                    )
+            elif pending is not None and last_seq > pending:
+                result.problems.append(
+                    f"the log has {last_seq - pending} entries after the signed head's pending batch "
+                    f"(seq {pending}): appended outside the log's writer"
+                )
+            elif head_seq > last_seq:
                 result.problems.append(
                     f"the log ends at seq {last_seq} but the signed head records seq {head_seq} (entries deleted at the end)"
                 )

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS patient_state (
     seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS patient_state_by_seq ON patient_state (seq);
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq INTEGER PRIMARY KEY,
+    change TEXT NOT NULL
+);
 """
 
 _BATCH = 500
@@ -75,6 +79,7 @@ class ConsentChange:
     status: str
     recorded_at: str
     previous_patient: str | None = None
+    seq: int = 0  # the store's sequence number of this version
 
 
 def _chunks(values: Sequence[str], size: int = _BATCH) -> Iterable[Sequence[str]]:
@@ -172,7 +177,29 @@ class ConsentStore:
         changes = self._write(prepared)
         if self._on_change is not None and changes:
             self._on_change(changes)
+            self.mark_reported(changes)
         return changes
+
+    # The changes of a transaction are kept in an outbox, in that same transaction, until the
+    # change listener (the audit log) has taken them: a process killed between the commit
+    # and the audit append leaves them there, and the next opening reports them.
+
+    def unreported_changes(self) -> list[ConsentChange]:
+        """Stored changes the listener has not taken yet (a process was killed in between)."""
+        with self._lock:
+            rows = self._db.execute("SELECT change FROM audit_outbox ORDER BY seq").fetchall()
+        return [ConsentChange(**json.loads(row[0])) for row in rows]
+
+    def mark_reported(self, changes: Sequence[ConsentChange]) -> None:
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany("DELETE FROM audit_outbox WHERE seq=?", [(c.seq,) for c in changes])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
 
     def _write(self, prepared: Sequence[tuple[str, dict[str, Any], Terms]]) -> list[ConsentChange]:
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -235,7 +262,7 @@ class ConsentStore:
         if previous_patient is not None and previous_patient != patient:
             # The consent moved to another patient: the former one's consents changed too.
             self._bump_patient(cur, previous_patient, seq)
-        return ConsentChange(
+        change = ConsentChange(
             consent_id,
             version,
             patient,
@@ -244,7 +271,11 @@ class ConsentStore:
             terms["status"],
             stamp,
             previous_patient if previous_patient != patient else None,
+            seq,
         )
+        if self._on_change is not None:
+            cur.execute("INSERT INTO audit_outbox VALUES (?,?)", (seq, json.dumps(asdict(change))))
+        return change
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -411,4 +442,5 @@ class ConsentStore:
             cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if self._on_change is not None:
             self._on_change([change])
+            self.mark_reported([change])
         return deleted, change

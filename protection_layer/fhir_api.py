@@ -26,7 +26,8 @@ from .consent_store import ConsentStore
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the parser goes is not a FHIR resource either
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise FhirError.single(f"the body is not JSON: {exc}", location="Consent") from exc
     if not isinstance(body, dict):
         raise FhirError.single("the body must be a FHIR Consent (a JSON object)", location="Consent")

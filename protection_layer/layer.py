@@ -98,6 +98,11 @@ class ProtectionLayer:
         elif engine.policy_version != policies.version:
             engine.load(policies)
         self.engine = engine
+        # Consent changes stored by a process killed before it audited them.
+        unreported = self.consents.unreported_changes()
+        if unreported:
+            self._consents_changed(unreported, recovered=True)
+            self.consents.mark_reported(unreported)
         self.policy_error: str | None = None
         self._rejected_version = ""
         self._reload_lock = threading.Lock()
@@ -161,7 +166,7 @@ class ProtectionLayer:
         terms = self.decider.patient_terms(patient)
         return decide(self.engine, JobContext.of(job), {patient: terms}, now or self.now())[patient]
 
-    def _consents_changed(self, changes: list[ConsentChange]) -> None:
+    def _consents_changed(self, changes: list[ConsentChange], *, recovered: bool = False) -> None:
         self.audit.append_many(
             [
                 (
@@ -174,6 +179,8 @@ class ProtectionLayer:
                         "change": change.change,
                         "status": change.status,
                         **({"moved_from": change.previous_patient} if change.previous_patient else {}),
+                        # audited when the site was next opened, after a crash
+                        **({"recorded_at": change.recorded_at, "recovered": True} if recovered else {}),
                     },
                 )
                 for change in changes

@@ -70,6 +70,21 @@ def _ast(raw: str) -> dict[str, Any]:
     return {"package": {"path": path}, "rules": [{"head": {"name": n}} for n in names]}
 
 
+def _json_document(raw: bytes | str, what: str) -> tuple[Any, JSONResponse | None]:
+    """The JSON document in a request, or the 400 answer naming what is wrong with it."""
+    try:
+        value = json.loads(raw)
+        # the engine takes JSON text: NaN, Infinity and lone surrogates have no JSON form
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and Unicode errors are ValueErrors
+        return None, _error(400, "invalid_parameter", f"{what} is not JSON: {exc}")
+    return value, None
+
+
+# regorus refuses a query longer than this; a longer data path is the request's fault
+MAX_QUERY_LENGTH = 1000
+
+
 def _ref(path: str) -> str:
     parts = [p for p in path.split("/") if p]
     return "data" + "".join(f".{p}" if _SEGMENT.match(p) else f"[{json.dumps(p)}]" for p in parts)
@@ -159,8 +174,13 @@ def create_opa_app(policies: PolicySet | None = None, *, timeout_s: float = 10.0
         return JSONResponse({})
 
     def evaluate(path: str, input_doc: Any) -> Response:
+        reference = _ref(path)
+        if len(reference) > MAX_QUERY_LENGTH:
+            return _error(
+                400, "invalid_parameter", f"the data path is longer than {MAX_QUERY_LENGTH} characters"
+            )
         try:
-            value = engine.value(_ref(path), input_doc)
+            value = engine.value(reference, input_doc)
         except PolicyUndefined:
             return JSONResponse({})
         except PolicyError as exc:
@@ -173,10 +193,9 @@ def create_opa_app(policies: PolicySet | None = None, *, timeout_s: float = 10.0
         raw = request.query_params.get("input")
         input_doc = None
         if raw is not None:
-            try:
-                input_doc = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                return _error(400, "invalid_parameter", f"input parameter is not JSON: {exc}")
+            input_doc, refused = _json_document(raw, "input parameter")
+            if refused is not None:
+                return refused
         return evaluate(path, input_doc)
 
     @app.post("/v1/data")
@@ -185,10 +204,9 @@ def create_opa_app(policies: PolicySet | None = None, *, timeout_s: float = 10.0
         body = await request.body()
         input_doc = None
         if body.strip():
-            try:
-                document = json.loads(body)
-            except json.JSONDecodeError as exc:
-                return _error(400, "invalid_parameter", f"body is not JSON: {exc}")
+            document, refused = _json_document(body, "body")
+            if refused is not None:
+                return refused
             if not isinstance(document, dict):
                 return _error(400, "invalid_parameter", 'body must be an object {"input": ...}')
             input_doc = document.get("input")
@@ -196,10 +214,9 @@ def create_opa_app(policies: PolicySet | None = None, *, timeout_s: float = 10.0
 
     @app.put("/v1/data/{path:path}")
     async def put_data(path: str, request: Request) -> Response:
-        try:
-            value = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            return _error(400, "invalid_parameter", f"body is not JSON: {exc}")
+        value, refused = _json_document(await request.body(), "body")
+        if refused is not None:
+            return refused
         parts = [p for p in path.split("/") if p]
         if not parts:
             return _error(400, "invalid_parameter", "a path under /v1/data is required")
@@ -244,10 +261,9 @@ def create_opa_app(policies: PolicySet | None = None, *, timeout_s: float = 10.0
 
     @app.post("/v1/query")
     async def post_query(request: Request) -> Response:
-        try:
-            document = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            return _error(400, "invalid_parameter", f"body is not JSON: {exc}")
+        document, refused = _json_document(await request.body(), "body")
+        if refused is not None:
+            return refused
         if not isinstance(document, dict) or not isinstance(document.get("query"), str):
             return _error(400, "invalid_parameter", 'body must be {"query": "...", "input": ...}')
         return run_query(document["query"], document.get("input"))

@@ -90,7 +90,8 @@ def build_fhir_router(store_of: Callable[[], FhirStore], authorize: Callable[...
     async def post_bundle(request: Request) -> JSONResponse:
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # RecursionError: nesting deeper than the parser goes is not a FHIR resource either
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise FhirError.single(f"the body is not JSON: {exc}", location="Bundle") from exc
         refs = store_of().ingest_bundle(body)
         entries = [

@@ -90,6 +90,10 @@ def serve(
             "--relays", help="also control the relays described in this TOML file (interconnect.relay)"
         ),
     ] = None,
+    operator_tokens: Annotated[
+        Path | None,
+        typer.Option(help="file of operators' token sha256 digests, one a line: changes then need one"),
+    ] = None,
 ) -> None:
     """Serve the Secure Traffic Engine GUI and REST API (http://localhost:8585, OpenAPI at /docs).
 
@@ -97,9 +101,20 @@ def serve(
     the routes to the relays and moves them when paths move (state at /api/transport)."""
     import uvicorn
 
+    from interconnect.pce.access import OperatorTokens
     from interconnect.pce.nvd import NVD_NOTICE
     from interconnect.pce.service import create_app
 
+    gate = None
+    if operator_tokens is not None:
+        try:
+            digests = [line.strip() for line in operator_tokens.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"{operator_tokens}: cannot read the operator tokens: {exc}")
+        bad = [d for d in digests if len(d) != 64 or any(c not in "0123456789abcdefABCDEF" for c in d)]
+        if bad or not digests:
+            fail(f"{operator_tokens}: expected one sha256 hex digest a line, got {(bad or [''])[0]!r}")
+        gate = OperatorTokens(digests)
     nvd = _nvd(nvd_online, nvd_cache)
     engine = _engine(topology, nvd)
     controller = None
@@ -130,7 +145,7 @@ def serve(
     typer.echo(NVD_NOTICE)
     # Open GUIs hold an event stream each: do not wait for them on Ctrl-C.
     uvicorn.run(
-        create_app(engine, nvd, controller=controller),
+        create_app(engine, nvd, controller=controller, operator_tokens=gate),
         host=host,
         port=port,
         log_level="warning",

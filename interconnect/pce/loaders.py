@@ -99,6 +99,8 @@ def parse_document(raw: bytes, filename: str) -> Any:
         raise TopologyError(f"{filename}: not valid JSON: {exc}") from None
     except yaml.YAMLError as exc:
         raise TopologyError(f"{filename}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise TopologyError(f"{filename}: nested deeper than a topology can be") from None
 
 
 def parse_graphml(raw: bytes, filename: str, options: GraphmlOptions) -> Topology:

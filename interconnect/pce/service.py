@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from interconnect.pce.access import OperatorGate, OperatorTokens
 from interconnect.pce.cve import Vulnerability, vulnerability_from_vector
 from interconnect.pce.engine import (
     ChangeReport,
@@ -194,8 +195,15 @@ class TransportController(Protocol):
 
 
 def create_app(
-    engine: SecurePathEngine, nvd: NvdClient, *, controller: TransportController | None = None
+    engine: SecurePathEngine,
+    nvd: NvdClient,
+    *,
+    controller: TransportController | None = None,
+    operator_tokens: OperatorTokens | None = None,
 ) -> FastAPI:
+    """The GUI and REST API; with ``operator_tokens``, changes need an operator (``access.py``);
+    with ``controller``, the relay controller runs with the app."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if controller is not None:
@@ -216,6 +224,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    if operator_tokens is not None:
+        app.add_middleware(OperatorGate, tokens=operator_tokens)
 
     @app.exception_handler(PceError)
     async def _pce_error(request: Request, exc: PceError) -> JSONResponse:
