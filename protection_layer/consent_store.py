@@ -439,7 +439,9 @@ class ConsentStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The checkpoint answers a row: read it, so no statement stays open on the connection.
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            cur.close()
         if self._on_change is not None:
             self._on_change([change])
             self.mark_reported([change])

@@ -32,6 +32,8 @@ from interconnect.pce.nvd import NvdClient
 from interconnect.pce.scenario import load_scenario
 from interconnect.pce.service import create_app as create_pce_app
 from protection_layer.consent_mix import research_consent
+from protection_layer.consent_requests import ConsentRequests
+from protection_layer.dashboard import PatientSessions
 from protection_layer.opa_api import create_opa_app
 
 ROLES = ("anonymous", "patient-a", "patient-b", "scientist-x", "scientist-y", "site-admin", "operator")
@@ -49,6 +51,15 @@ class Endpoint:
     json: Any = None
     content: bytes | None = None
     stream: bool = False  # an endpoint that answers with an endless stream
+    # what a deny may answer: 404 too where a resource of another subject must look unknown
+    denied_as: tuple[int, ...] = (401, 403)
+    # a bearer-token endpoint's 401 carries a Bearer challenge; the patient dashboard's
+    # cookie sessions do not
+    bearer: bool = True
+
+
+PATIENTS = frozenset({"patient-a", "patient-b"})
+PATIENT_A = frozenset({"patient-a"})
 
 
 @dataclass
@@ -86,12 +97,40 @@ def _clinical_node(tmp: Path) -> Iterator[tuple[str, dict[str, dict[str, str]]]]
     }
     app = create_node_app(site)
     app.state.protection.consents.put(_consent())
+    # a study's consent request to patient A, answered once in the matrix
+    requests = ConsentRequests.for_site(site.root)
+    request_id = requests.add("pa", "matrix-study", "HRESCH", "Organization/matrix", "join us?")
+    requests.close()
+    _REQUEST_ID[0] = request_id
     try:
         with LiveServer(app) as live:
+            # each patient signed in to the dashboard: its session cookie and CSRF token
+            # beside the site token (which the dashboard does not accept)
+            for role, patient in (("patient-a", "pa"), ("patient-b", "pb")):
+                headers[role] |= _dashboard_session(live.url, site.root, patient)
             yield live.url, headers
     finally:
         app.state.protection.close()
         site.close()
+
+
+_REQUEST_ID = [""]
+# the request row's URL is only known once the site exists; it is read when the row is called
+REQUEST_URL = "/patient/api/requests/{request}"
+
+
+def _dashboard_session(url: str, site_root: Path, patient: str) -> dict[str, str]:
+    sessions = PatientSessions.for_site(site_root)
+    try:
+        code = sessions.issue_code(patient).code
+    finally:
+        sessions.close()
+    answer = httpx.post(f"{url}/patient/api/session", json={"code": code}, timeout=20)
+    assert answer.status_code == 201, answer.text
+    return {
+        "Cookie": f"paroma_patient={answer.cookies['paroma_patient']}",
+        "X-CSRF-Token": answer.json()["csrf_token"],
+    }
 
 
 def _consent() -> dict[str, Any]:
@@ -123,6 +162,66 @@ CLINICAL_NODE = Service(
         Endpoint(
             "GET", "/fhir/Consent/{consent_id}/_history/{version}", "/fhir/Consent/ca/_history/1", SITE_ADMIN
         ),
+        # the federation's questions to the site: its aggregator token
+        Endpoint(
+            "POST",
+            "/federation/feasibility",
+            "/federation/feasibility",
+            OPERATOR,
+            json={"purpose": "HRESCH", "organization": "Organization/matrix", "spec": "flamby-heart-disease"},
+        ),
+        Endpoint("GET", "/federation/catalog", "/federation/catalog", OPERATOR),
+        # the patient dashboard: a patient's own session only. Without a valid enrolment code
+        # nobody signs in; another patient's consent or request looks unknown (404).
+        Endpoint(
+            "POST",
+            "/patient/api/session",
+            "/patient/api/session",
+            frozenset(),
+            json={"code": "x" * 32},
+            bearer=False,
+        ),
+        Endpoint("GET", "/patient/api/session", "/patient/api/session", PATIENTS, bearer=False),
+        Endpoint("GET", "/patient/api/overview", "/patient/api/overview", PATIENTS, bearer=False),
+        Endpoint(
+            "GET",
+            "/patient/api/consents/{consent_id}",
+            "/patient/api/consents/ca",
+            PATIENT_A,
+            denied_as=(401, 403, 404),
+            bearer=False,
+        ),
+        Endpoint(
+            "PUT",
+            "/patient/api/research/{purpose}",
+            "/patient/api/research/CLINTRCH",
+            PATIENTS,
+            json={"decision": "permit"},
+            bearer=False,
+        ),
+        Endpoint("GET", "/patient/api/requests", "/patient/api/requests", PATIENTS, bearer=False),
+        Endpoint(
+            "POST",
+            "/patient/api/requests/{request_id}",
+            REQUEST_URL,
+            PATIENT_A,
+            json={"accept": True},
+            denied_as=(401, 403, 404),
+            bearer=False,
+        ),
+        Endpoint("GET", "/patient/api/activity", "/patient/api/activity", PATIENTS, bearer=False),
+        Endpoint("GET", "/patient/api/export", "/patient/api/export", PATIENTS, bearer=False),
+        Endpoint("GET", "/patient/api/events", "/patient/api/events", PATIENTS, stream=True, bearer=False),
+        # last: erasure, then signing out, end what the rows above use
+        Endpoint(
+            "POST",
+            "/patient/api/erasure",
+            "/patient/api/erasure",
+            PATIENTS,
+            json={"confirm": True},
+            bearer=False,
+        ),
+        Endpoint("DELETE", "/patient/api/session", "/patient/api/session", PATIENTS, bearer=False),
     ],
 )
 
@@ -237,12 +336,11 @@ SERVICES = [CLINICAL_NODE, TRAFFIC_ENGINE, OPA]
 
 
 def _call(http: httpx.Client, endpoint: Endpoint, headers: dict[str, str]) -> httpx.Response:
+    url = endpoint.url.replace("{request}", _REQUEST_ID[0])
     if endpoint.stream:
-        with http.stream(endpoint.method, endpoint.url, headers=headers) as response:
+        with http.stream(endpoint.method, url, headers=headers) as response:
             return response
-    return http.request(
-        endpoint.method, endpoint.url, headers=headers, json=endpoint.json, content=endpoint.content
-    )
+    return http.request(endpoint.method, url, headers=headers, json=endpoint.json, content=endpoint.content)
 
 
 @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
@@ -264,12 +362,12 @@ def test_every_endpoint_allows_and_denies_as_the_matrix_says(service: Service, t
             # the deniers first, so that a wrongly allowed change would show on the allowed calls
             for role in sorted(ROLES, key=lambda r: r in endpoint.allowed):
                 response = _call(http, endpoint, headers[role])
-                denied = response.status_code in (401, 403)
+                denied = response.status_code in endpoint.denied_as
                 expected = "allow" if role in endpoint.allowed else "deny"
                 if (expected == "allow") == denied or response.status_code >= 500:
                     wrong.append(
                         f"{endpoint.method} {endpoint.url} as {role}: {response.status_code}, expected {expected}"
                     )
-                if response.status_code == 401:
+                if response.status_code == 401 and endpoint.bearer:
                     assert response.headers.get("www-authenticate", "").startswith("Bearer")
         assert not wrong, "\n".join(wrong)

@@ -232,7 +232,9 @@ class FhirStore:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The checkpoint answers a row: read it, so no statement stays open on the connection.
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            cur.close()
         return len(rows)
 
     # -- reading ---------------------------------------------------------------------------
