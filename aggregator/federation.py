@@ -232,7 +232,15 @@ def run_federation(
             None,
             f"{len(admitted)} of {len(admissions)} sites admitted the job, {job.min_sites} needed ({reasons})",
         )
-    strategy = build_strategy(job.strategy, job.strategy_params, len(admitted), privacy=job.privacy)
+    # Rounds go on with the job's minimum of sites: an admitted site that dies or loses its
+    # path must not make the strategy wait for it forever.
+    strategy = build_strategy(
+        job.strategy,
+        job.strategy_params,
+        len(admitted),
+        privacy=job.privacy,
+        min_sites=min(job.min_sites, len(admitted)),
+    )
     view = _ParticipantGrid(grid, admitted)
     arrays = to_record(weights if weights is not None else initial_weights(job))
     rounds: list[RoundResult] = []

@@ -132,10 +132,16 @@ def with_server_dp(strategy: Strategy, privacy: PrivacySettings, n_sites: int) -
 
 
 def build_strategy(
-    name: str, params: Mapping[str, float], n_sites: int, *, privacy: PrivacySettings | None = None
+    name: str,
+    params: Mapping[str, float],
+    n_sites: int,
+    *,
+    privacy: PrivacySettings | None = None,
+    min_sites: int | None = None,
 ) -> Strategy:
     """A Flower strategy that trains and evaluates on all ``n_sites`` each round, wrapped
-    for server-side DP when ``privacy`` asks for it."""
+    for server-side DP when ``privacy`` asks for it. A round waits for at least ``min_sites``
+    connected sites (default: all of them), so a site that is gone does not stall the job."""
     builder = _BUILDERS.get(name)
     if builder is None:
         raise StrategyError(f"unknown strategy {name!r}; expected one of {', '.join(_BUILDERS)}")
@@ -144,9 +150,9 @@ def build_strategy(
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
-        "min_train_nodes": n_sites,
-        "min_evaluate_nodes": n_sites,
-        "min_available_nodes": n_sites,
+        "min_train_nodes": min_sites or n_sites,
+        "min_evaluate_nodes": min_sites or n_sites,
+        "min_available_nodes": min_sites or n_sites,
     }
     try:
         strategy = builder(common, params)

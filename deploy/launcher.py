@@ -103,7 +103,10 @@ def prepare(config: FederationConfig, echo: Echo = lambda _: None) -> tuple[Work
             f"port = {config.relay_port(node)}\n"
             f'control_host = "{config.host}"\n'
             f"control_port = {config.relay_control_port(node)}\n"
-            f'token_file = "{RELAY_CONTROL_FILE}"\n',
+            f'token_file = "{RELAY_CONTROL_FILE}"\n'
+            # The control API over HTTPS with the relay's federation certificate.
+            f'tls_cert_file = "{creds.relays[node].cert_path}"\n'
+            f'tls_key_file = "{creds.relays[node].key_path}"\n',
         )
     return workdir, creds
 

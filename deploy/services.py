@@ -95,9 +95,18 @@ def plan(
             Service(
                 name=f"relay-{node}",
                 kind="relay",
-                argv=(bin_path("paroma"), "relay", "run", "--config", str(workdir.relays / f"{node}.toml")),
+                # `paroma relay run` without the rest of the CLI's imports (ten of these start at once).
+                argv=(
+                    sys.executable,
+                    "-m",
+                    "interconnect.relay",
+                    "--config",
+                    str(workdir.relays / f"{node}.toml"),
+                ),
                 address=f"{relay_host}:{config.relay_port(node)}",
-                health=HealthCheck("http", config.host, config.relay_control_port(node), "/healthz"),
+                health=HealthCheck(
+                    "https", config.host, config.relay_control_port(node), "/healthz", creds.ca
+                ),
                 env=env,
             )
         )

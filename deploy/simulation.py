@@ -6,11 +6,15 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator.federation import FederationObserver, FederationResult
 from aggregator.server_app import build_server_app
 from clinical_node.client_app import build_client_app
 from paroma.jobspec import JobSpec
+
+if TYPE_CHECKING:
+    from interconnect.transfer import TransferPlanner
 
 
 def run_simulated_job(
@@ -20,9 +24,18 @@ def run_simulated_job(
     observer: FederationObserver | None = None,
     parallel: int | None = None,
     quiet: bool = True,
+    transfer: TransferPlanner | None = None,
 ) -> FederationResult:
-    """Run ``job`` over the given site folders on Flower's simulation runtime (Ray)."""
+    """Run ``job`` over the given site folders on Flower's simulation runtime (Ray).
+
+    With ``transfer`` every round's model exchange is estimated over each site's secure path
+    (``transfer.rounds``)."""
     from flwr.simulation import run_simulation
+
+    if transfer is not None:
+        from deploy.transfer import TransferRecorder, model_bytes
+
+        observer = TransferRecorder(transfer, model_bytes(job), observer)
 
     site_list = [str(Path(s).resolve()) for s in sites]
     results: list[FederationResult] = []

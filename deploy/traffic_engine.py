@@ -45,7 +45,7 @@ def build_controller(config: FederationConfig, netns: bool) -> tuple[Any, Any, A
     dial = config.host if host == "0.0.0.0" else host  # noqa: S104
     relays = {
         node: RelayEndpoint(
-            node, dial, config.relay_port(node), f"http://{config.host}:{config.relay_control_port(node)}"
+            node, dial, config.relay_port(node), f"https://{config.host}:{config.relay_control_port(node)}"
         )
         for node in config.relay_nodes
     }
@@ -61,6 +61,11 @@ def build_controller(config: FederationConfig, netns: bool) -> tuple[Any, Any, A
         min_security=config.min_security,
         ingress_ports={s.id: s.ingress_port for s in config.sites},
         emulate_links=config.relays.emulate_links,
+        control_ca=Workdir(config.workdir).pki / "ca.pem",
+        # A relay is set down after 3 missed health checks a second apart: a busy machine's slow
+        # TLS handshake is not a dead relay.
+        health_interval_s=1.0,
+        health_failures=3,
     )
     return engine, nvd, controller
 

@@ -71,6 +71,13 @@ DEMO_MIXES: dict[str, ConsentMix] = {
     ),
 }
 REVOKING_SITE = "cleveland"
+# Where each hospital sits in the Secure Traffic Engine's demo network (its topology node).
+DEMO_SITE_NODES = {
+    "cleveland": "hospital-cleveland",
+    "hungarian": "hospital-hungary",
+    "switzerland": "hospital-switzerland",
+    "va": "hospital-va",
+}
 
 
 @dataclass
@@ -90,6 +97,15 @@ class DemoResult:
     full_consent: FederationResult | None = None
     cohorts: dict[str, dict[str, int]] = field(default_factory=dict)
     revocation: Revocation | None = None
+    transport: dict[str, Any] | None = None
+
+
+def demo_transfer_planner() -> Any:
+    """Each hospital's secure path to the aggregator on the demo network (the demo's CVEs loaded)."""
+    from interconnect.pce import NvdClient, SecurePathEngine, load_scenario
+    from interconnect.transfer import TransferPlanner
+
+    return TransferPlanner(SecurePathEngine(*load_scenario("demo", NvdClient())), DEMO_SITE_NODES)
 
 
 def demo_job(rounds: int = 15, strategy: dict[str, Any] | None = None, seed: int = 42) -> JobSpec:
@@ -324,11 +340,13 @@ def cohort_table(cohorts: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-def _run(job: JobSpec, sites: list[Path], observer: _ProgressObserver, console: Console) -> FederationResult:
+def _run(
+    job: JobSpec, sites: list[Path], observer: _ProgressObserver, console: Console, transfer: Any = None
+) -> FederationResult:
     from deploy.simulation import run_simulated_job
 
     with observer.progress:
-        result = run_simulated_job(job, sites, observer=observer)
+        result = run_simulated_job(job, sites, observer=observer, transfer=transfer)
     if result.status != "completed":
         console.print(f"[red]The job {result.status}: {result.reason}")
         raise SystemExit(1)
@@ -372,7 +390,15 @@ def run_demo(
         console, job.rounds, (out / "sites" / REVOKING_SITE, job, revoke_after) if rounds > 1 else None,
         label="realistic consent",
     )  # fmt: skip
-    result = _run(job, sites, observer, console)
+    transfer = demo_transfer_planner()
+    result = _run(job, sites, observer, console, transfer)
+    if transfer.rounds:
+        for site_id, estimate in sorted(transfer.rounds[-1]["sites"].items()):
+            route = " > ".join(estimate["path"]) or f"no path ({estimate['reason']})"
+            exchange = (
+                f"{estimate['transfer_s'] * 1000:.2f} ms" if estimate["transfer_s"] is not None else "-"
+            )
+            console.print(f"  {site_id:12s} model exchange per round {exchange} over {route}")
     full: FederationResult | None = None
     if compare_full_consent:
         console.print("The same job with every patient consenting (the full-consent baseline)…")
@@ -393,6 +419,7 @@ def run_demo(
                 "revocation": observer.revocation.__dict__ if observer.revocation else None,
                 "federation": result.to_dict(),
                 "full_consent": full.to_dict() if full else None,
+                "transport": transfer.as_dict(),
                 "flamby_reference": FLAMBY_HEART,
             },
             indent=2,
@@ -404,4 +431,4 @@ def run_demo(
         f"Wrote {out / 'results.json'} and {out / 'accuracy.png'} ({seconds:.0f} s). "
         f"Audit logs: paroma audit verify {out / 'sites' / REVOKING_SITE}"
     )
-    return DemoResult(out, result, seconds, full, cohorts, observer.revocation)
+    return DemoResult(out, result, seconds, full, cohorts, observer.revocation, transfer.as_dict())

@@ -89,6 +89,7 @@ def test_stop_ends_the_whole_process_tree_and_a_reused_pid_is_not_taken_for_the_
     assert not is_running(replace(record, pid=1))
 
 
+@pytest.mark.slow
 def test_up_stops_with_the_failing_service_named_and_leaves_nothing_running(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -185,3 +186,41 @@ fhir_port = 40003
     with pytest.raises(ValueError, match=r"bad\.json is not a readable JSON FHIR Bundle"):
         ensure_site(config, config.site("bad"), workdir)
     assert not workdir.site("bad").exists() and not list(workdir.sites.glob(".*building"))
+
+
+def test_a_running_job_reports_its_progress_in_its_output_folder(tmp_path: Path) -> None:
+    from aggregator.federation import Admission, RoundResult, SiteResult
+    from aggregator.progress import ProgressFile
+
+    seen: list[int] = []
+
+    class Inner:
+        def admissions(self, admissions: list[Admission]) -> None:
+            seen.append(-len(admissions))
+
+        def round_started(self, server_round: int, total: int) -> None:
+            seen.append(server_round)
+
+        def round_finished(self, result: RoundResult) -> None:
+            seen.append(100 + result.server_round)
+
+    progress = ProgressFile(tmp_path, Inner())
+    progress.admissions([Admission("a", True, "admitted"), Admission("b", False, "no")])
+    progress.round_started(1, 2)
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["current_round"] == 1 and state["total_rounds"] == 2 and state["rounds"] == []
+    site = SiteResult("a", n_train=7)
+    progress.round_finished(
+        RoundResult(1, {"a": site, "b": SiteResult("b", error="train: timeout")}, {}, 1.5)
+    )
+    state = json.loads((tmp_path / "progress.json").read_text())
+    assert state["rounds"] == [
+        {
+            "round": 1,
+            "seconds": 1.5,
+            "sites": {"a": {"n_train": 7, "error": ""}, "b": {"n_train": 0, "error": "train: timeout"}},
+        }
+    ]
+    assert [a["site_id"] for a in state["admissions"]] == ["a", "b"]
+    assert seen == [-2, 1, 101]
+    assert not list(tmp_path.glob(".*tmp"))

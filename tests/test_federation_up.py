@@ -36,7 +36,10 @@ from interconnect.pki import create_supernode_auth_key
 from paroma.demo import demo_job
 from protection_layer.audit import AuditLog
 
-pytestmark = pytest.mark.slow
+# A real federation's rounds take minutes on a loaded 2-core machine: the project's 600 s
+# per-test limit (pyproject) would cut the fixture's `up` plus a job; pytest-timeout's own
+# marker gives these tests a larger one.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PAROMA = str(Path(sys.executable).with_name("paroma"))
@@ -148,8 +151,10 @@ def controller(config: FederationConfig) -> dict[str, Any]:
 
 def relay_table(config: FederationConfig, node: str) -> dict[str, Any]:
     token = (Workdir(config.workdir).relays / RELAY_CONTROL_FILE).read_text().strip()
-    url = f"http://{config.host}:{config.relay_control_port(node)}/routes"
-    response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    url = f"https://{config.host}:{config.relay_control_port(node)}/routes"
+    response = httpx.get(
+        url, headers={"Authorization": f"Bearer {token}"}, verify=ca_context(config), timeout=10
+    )
     response.raise_for_status()
     return dict(response.json())
 

@@ -80,6 +80,8 @@ def test_tls_goes_end_to_end_and_relays_see_only_ciphertext(
         feed(self, data)
 
     monkeypatch.setattr(forwarding.Direction, "feed", tap)
+    # The copying path, so that the tap sees the bytes (spliced, they never reach user space).
+    monkeypatch.setattr(forwarding, "ZERO_COPY", False)
     ingress = chain(relays[:3], server.port)
     secret = b"Patient/123 LOINC 2093-3 cholesterol 287 mg/dL " * 20_000
     with TlsClient(ingress, site) as client:  # type: ignore[arg-type]
@@ -259,3 +261,70 @@ def test_relay_config_file(tmp_path: Path) -> None:
         load_relay_config(config)
     result = CliRunner().invoke(app, ["relay", "run", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "none.toml" in result.stderr
+
+
+def test_layout_writes_relay_and_controller_files(tmp_path: Path) -> None:
+    from interconnect.relay.controller_config import load_controller_config
+
+    runner = CliRunner()
+    folder = tmp_path / "fed"
+    args = [
+        "relay",
+        "layout",
+        str(folder),
+        "--site",
+        "cleveland=hospital-cleveland",
+        "--aggregator-port",
+        "9092",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    router1 = load_relay_config(folder / "relays" / "router-1.toml")
+    access4 = load_relay_config(folder / "relays" / "access-4.toml")
+    # Routers and access nodes in topology order: router-1 first, access-4 tenth.
+    assert (router1.port, router1.control_port, access4.port) == (7100, 7200, 7109)
+    controller = load_controller_config(folder / "controller.toml")
+    assert controller.sites == {"cleveland": "hospital-cleveland"}
+    assert controller.relays["access-4"].control_url == "http://127.0.0.1:7209"
+    assert controller.token == router1.token and controller.aggregator.port == 9092
+    bad = runner.invoke(
+        app, ["relay", "layout", str(folder), "--site", "x=nowhere", "--aggregator-port", "1"]
+    )
+    assert bad.exit_code == 2 and "node 'nowhere' is not in topology" in bad.stderr
+    clash = runner.invoke(app, [*args, "--base-port", "7100", "--control-base-port", "7105"])
+    assert clash.exit_code == 2 and "overlap" in clash.stderr
+    token = runner.invoke(app, ["relay", "token", str(tmp_path / "secret")])
+    assert token.exit_code == 0 and (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_control_api_over_https_with_a_federation_certificate(tmp_path: Path) -> None:
+    import httpx
+
+    from interconnect.pki import FederationPKI
+    from interconnect.pki.tls import ssl_client_context
+    from interconnect.relay.controller_config import load_controller_config
+
+    pki = FederationPKI.create(tmp_path / "pki", name="f")
+    issued = pki.issue("relay", "router-1", ["127.0.0.1"])
+    config = RelayConfig("router-1", "127.0.0.1", 0, "127.0.0.1", 0, TOKEN, issued.cert_path, issued.key_path)
+    with BackgroundRelay(config) as relay:
+        url = relay.service.control_url
+        assert url.startswith("https://")
+        with httpx.Client(verify=ssl_client_context(ca_path=pki.ca_path)) as http:
+            client = RelayControlClient("router-1", url, TOKEN, http=http)
+            assert client.healthy() and client.routes()["paths"] == []
+        # A client that does not trust the federation CA does not talk to the relay.
+        other = FederationPKI.create(tmp_path / "other", name="o")
+        with httpx.Client(verify=ssl_client_context(ca_path=other.ca_path)) as http:
+            assert not RelayControlClient("router-1", url, TOKEN, http=http).healthy()
+    runner = CliRunner()
+    folder = tmp_path / "fed"
+    args = ["relay", "layout", str(folder), "--site", "va=hospital-va", "--aggregator-port", "9092"]
+    result = runner.invoke(app, [*args, "--pki", str(tmp_path / "pki")])
+    assert result.exit_code == 0, result.stderr
+    loaded = load_relay_config(folder / "relays" / "router-1.toml")
+    assert loaded.tls_cert == pki.get("relay", "router-1").cert_path.resolve()
+    controller = load_controller_config(folder / "controller.toml")
+    assert controller.ca_file == pki.ca_path.resolve()
+    assert controller.relays["router-2"].control_url == "https://127.0.0.1:7201"
+    assert pki.get("relay", "access-4").hosts == ("127.0.0.1",)

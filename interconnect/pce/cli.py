@@ -115,6 +115,14 @@ def serve(
             controller = controller_from_config(engine, load_controller_config(relays))
         except (ControllerConfigError, ControllerError) as exc:
             fail(str(exc))
+        import logging
+
+        # The controller's log: re-routes, how fast traffic left the old route, dead relays.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        relay_log = logging.getLogger("paroma.relay")
+        relay_log.addHandler(handler)
+        relay_log.setLevel(logging.INFO)
     typer.echo(
         f"Secure Traffic Engine on http://{host}:{port} — {engine.topology.name}: "
         f"{len(engine.topology.nodes)} nodes, {len(engine.topology.links)} links"

@@ -7,6 +7,8 @@
     control_host = "127.0.0.1"
     control_port = 7201
     token_file = "relay.token"   # the control API's bearer secret (relative to this file; 0600)
+    tls_cert_file = "cert.pem"   # optional: the control API over HTTPS (a federation relay
+    tls_key_file = "key.pem"     # certificate, `paroma pki issue --kind relay`)
 
 Every problem names the file and field.
 """
@@ -37,9 +39,25 @@ class RelayConfig:
     control_host: str
     control_port: int
     token: str
+    # The control API over HTTPS with a federation certificate (kind relay); None: plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def control_scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
 
-_KEYS = {"name", "host", "port", "control_host", "control_port", "token_file"}
+_KEYS = {
+    "name",
+    "host",
+    "port",
+    "control_host",
+    "control_port",
+    "token_file",
+    "tls_cert_file",
+    "tls_key_file",
+}
 
 
 def load_relay_config(path: Path | str) -> RelayConfig:
@@ -70,10 +88,22 @@ def load_relay_config(path: Path | str) -> RelayConfig:
         problems.append("relay.token_file: the path of the control secret is required")
     else:
         token = read_secret(path.parent / token_file, problems)
+    tls: list[Path | None] = []
+    for key in ("tls_cert_file", "tls_key_file"):
+        value = table.get(key)
+        if value is None:
+            tls.append(None)
+        elif not isinstance(value, str) or not (path.parent / value).is_file():
+            problems.append(f"relay.{key}: {value!r} is not a readable file")
+            tls.append(None)
+        else:
+            tls.append(path.parent / value)
+    if (tls[0] is None) != (tls[1] is None):
+        problems.append("relay.tls_cert_file and relay.tls_key_file go together")
     if problems:
         raise RelayConfigError(f"{path}: " + "; ".join(problems))
     assert isinstance(name, str)
-    return RelayConfig(name, host, port, control_host, control_port, token)
+    return RelayConfig(name, host, port, control_host, control_port, token, tls[0], tls[1])
 
 
 def _host(value: Any, where: str, problems: list[str]) -> str:

@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,7 +72,9 @@ class AggregatorEndpoint:
 
 @dataclass(frozen=True)
 class RerouteRecord:
-    """One move of a path's traffic, and how long it took to leave the old route."""
+    """One move of a path's traffic: when the engine decided it (``event_time``), when the relays
+    leaving the route had dropped it and closed its connections (``left_time``), and when every
+    relay of the new route had it (``applied_time``)."""
 
     path: str
     cause: str
@@ -79,9 +83,15 @@ class RerouteRecord:
     event_time: float
     applied_time: float
     closed_connections: int
+    left_time: float = 0.0
 
     @property
     def seconds(self) -> float:
+        """How long the traffic took to leave the relays that are no longer on the route."""
+        return (self.left_time or self.applied_time) - self.event_time
+
+    @property
+    def applied_seconds(self) -> float:
         return self.applied_time - self.event_time
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,7 +102,9 @@ class RerouteRecord:
             "new_nodes": list(self.new_nodes),
             "event_time": self.event_time,
             "applied_time": self.applied_time,
+            "left_time": self.left_time,
             "seconds": self.seconds,
+            "applied_seconds": self.applied_seconds,
             "closed_connections": self.closed_connections,
         }
 
@@ -207,7 +219,10 @@ class RelayController:
         emulate_links: bool = True,
         health_interval_s: float = 0.5,
         health_failures: int = 2,
+        control_ca: Path | None = None,
     ) -> None:
+        """``control_ca``: the federation's CA certificate, to verify relays whose control API is
+        HTTPS (with the CRL beside it); plain-HTTP control URLs need none."""
         topology = engine.topology
         problems = []
         for node in [*relays, aggregator.node, *sites.values()]:
@@ -241,7 +256,12 @@ class RelayController:
         self.health_interval_s = health_interval_s
         self.health_failures = health_failures
         self._ingress_ports = dict(ingress_ports or {})
-        self._http = httpx.Client(timeout=3.0)
+        verify: ssl.SSLContext | bool = True
+        if control_ca is not None:
+            from interconnect.pki.tls import ssl_client_context
+
+            verify = ssl_client_context(ca_path=control_ca)
+        self._http = httpx.Client(timeout=3.0, verify=verify)
         self._clients = {
             node: RelayControlClient(node, r.control_url, token, http=self._http)
             for node, r in relays.items()
@@ -257,7 +277,10 @@ class RelayController:
         self._misses: dict[str, int] = dict.fromkeys(relays, 0)
         self._set_down: set[str] = set()
         self.reroutes: list[RerouteRecord] = []
+        # Called (site id, new ingress or None) when a site's ingress address changes, and
+        # (site id) whenever its route or ingress changes; outside the controller's lock.
         self.on_ingress_change: list[Callable[[str, tuple[str, int] | None], None]] = []
+        self.on_route_change: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -405,11 +428,15 @@ class RelayController:
             old_nodes = state.nodes
             closed = 0
             ingress: tuple[str, int] | None = None
-            # The old first relay gives up its listener before a new one may bind the same port.
+            # First the relays that leave the route drop it, closing its connections there: the
+            # traffic leaves them before anything else is done (and the old first relay frees
+            # its listener before a new one may bind the same port). A site that reconnects in
+            # between is refused and retries.
+            for node in [n for n in state.pushed if n not in desired]:
+                closed += self._delete(node, state.name)
+                del state.pushed[node]
+            left = time.time()
             first = nodes[1] if nodes else None
-            if state.nodes[1:2] and state.nodes[1] != first and state.nodes[1] in state.pushed:
-                closed += self._delete(state.nodes[1], state.name)
-                state.pushed.pop(state.nodes[1], None)
             for node in reversed(nodes[1:-1]):
                 entry = desired[node]
                 if state.pushed.get(node) == entry and node != first:
@@ -423,23 +450,23 @@ class RelayController:
                 if node == first and answer.get("ingress_port"):
                     ingress = (self.relays[node].host, int(answer["ingress_port"]))
                     state.pushed[node] = RouteEntry(**{**entry.__dict__, "ingress_port": ingress[1]})
-            for node in [n for n in state.pushed if n not in desired]:
-                closed += self._delete(node, state.name)
-                del state.pushed[node]
             changed_ingress = ingress != state.ingress
+            changed_route = nodes != state.nodes
             state.nodes = nodes
             state.ingress = ingress
             now = time.time()
             if old_nodes and (old_nodes != nodes or closed):
-                record = RerouteRecord(state.name, cause, old_nodes, nodes, event_time, now, closed)
+                record = RerouteRecord(state.name, cause, old_nodes, nodes, event_time, now, closed, left)
                 self.reroutes.append(record)
                 log.info(
-                    "path %s: %s -> %s after %s: traffic left the old route in %.0f ms (%d connection(s) closed)",
+                    "path %s: %s -> %s after %s: traffic left the old route's relays in %.0f ms, "
+                    "new route in place in %.0f ms (%d connection(s) closed)",
                     state.name,
                     " > ".join(old_nodes),
                     " > ".join(nodes) or "none (withdrawn)",
                     cause,
                     record.seconds * 1000,
+                    record.applied_seconds * 1000,
                     closed,
                 )
         if changed_ingress:
@@ -448,6 +475,12 @@ class RelayController:
                     callback(state.site_id, ingress)
                 except Exception:
                     log.exception("ingress-change callback failed")
+        if changed_ingress or changed_route:
+            for route_callback in list(self.on_route_change):
+                try:
+                    route_callback(state.site_id)
+                except Exception:
+                    log.exception("route-change callback failed")
 
     def _put(self, node: str, entry: RouteEntry) -> dict[str, Any] | None:
         try:

@@ -7,6 +7,7 @@
     min_security = 50              # the Minimum Security Threshold of the installed paths
     health_interval_s = 0.5
     ingress_file = "ingress.json"  # optional: each site's ingress, rewritten when it changes
+    ca_file = "pki/ca.pem"         # optional: verify relays' HTTPS control APIs (CRL beside it)
 
     [aggregator]
     node = "aggregator"            # the topology node the aggregator sits behind
@@ -58,6 +59,7 @@ class ControllerConfig:
     min_security: float = 50.0
     health_interval_s: float = 0.5
     ingress_file: Path | None = None
+    ca_file: Path | None = None
 
 
 def load_controller_config(path: Path | str) -> ControllerConfig:
@@ -93,6 +95,9 @@ def load_controller_config(path: Path | str) -> ControllerConfig:
     ingress_file = controller.get("ingress_file")
     if ingress_file is not None and (not isinstance(ingress_file, str) or not ingress_file):
         problems.append(f"controller.ingress_file: expected a file name, got {ingress_file!r}")
+    ca_file = controller.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not (path.parent / ca_file).is_file()):
+        problems.append(f"controller.ca_file: {ca_file!r} is not a readable file")
     aggregator = _table(data, "aggregator", problems)
     agg = AggregatorEndpoint(
         _string(aggregator, "node", "aggregator", problems),
@@ -137,6 +142,7 @@ def load_controller_config(path: Path | str) -> ControllerConfig:
         min_security=numbers["min_security"],
         health_interval_s=numbers["health_interval_s"],
         ingress_file=path.parent / ingress_file if isinstance(ingress_file, str) else None,
+        ca_file=path.parent / ca_file if isinstance(ca_file, str) else None,
     )
 
 
@@ -152,10 +158,11 @@ def controller_from_config(engine: SecurePathEngine, config: ControllerConfig) -
         min_security=config.min_security,
         ingress_ports=config.ingress_ports,
         health_interval_s=config.health_interval_s,
+        control_ca=config.ca_file,
     )
     if config.ingress_file is not None:
         target = config.ingress_file
-        controller.on_ingress_change.append(lambda _site, _address: write_ingress_file(controller, target))
+        controller.on_route_change.append(lambda _site: write_ingress_file(controller, target))
     return controller
 
 

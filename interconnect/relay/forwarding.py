@@ -9,12 +9,20 @@ The relay never looks inside the bytes: the site's TLS runs end to end through i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from interconnect.relay.shaping import LinkClock
 
+# An unconstrained direction is moved by the kernel (splice(2) socket -> pipe -> socket): the
+# bytes never enter Python. Off where os.splice is missing (not Linux), or with PAROMA_RELAY_COPY=1.
+ZERO_COPY = hasattr(os, "splice") and os.environ.get("PAROMA_RELAY_COPY") != "1"
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # Bytes a direction may hold in its emulated link (queued or in flight) before it stops reading.
 # 4 MiB covers the bandwidth-delay product of 1 Gbit/s x 30 ms.
 HIGH_WATER = 4 * 2**20
@@ -38,6 +46,8 @@ class Side(asyncio.Protocol):
         self.closed = False
         self._on_made = on_made
         self.on_data: Callable[[Side, bytes], None] | None = None
+        # Reading is done by a KernelDirection on the socket itself, never by the transport.
+        self.kernel_reading = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -185,6 +195,162 @@ class Direction:
             transport.resume_reading()
 
 
+class KernelDirection:
+    """An unconstrained direction spliced by the kernel: ``src``'s socket -> a pipe -> ``dst``'s
+    socket, non-blocking, driven by the event loop's readiness callbacks. It owns reading on
+    ``src`` (its transport stays paused) and writing on ``dst`` (whose transport has nothing
+    buffered when it starts)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, src: Side, dst: Side, on_finished: Callable[[], None]
+    ) -> None:
+        assert src.transport is not None and dst.transport is not None
+        self.loop = loop
+        self.src = src
+        self.dst = dst
+        self.on_finished = on_finished
+        self.src_fd = src.transport.get_extra_info("socket").fileno()
+        self.dst_fd = dst.transport.get_extra_info("socket").fileno()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_BYTES)
+        self.in_pipe = 0
+        self.sent = 0
+        self.eof = False
+        self.finished = False
+        self._reading = False
+        self._writing = False
+        # asyncio refuses add_reader on a transport's socket; its selector loop's own (private)
+        # registration calls are what the transports themselves use, and the transport stays
+        # paused, so the two never watch the socket at once.
+        self._add_reader = loop._add_reader  # type: ignore[attr-defined]
+        self._remove_reader = loop._remove_reader  # type: ignore[attr-defined]
+        self._add_writer = loop._add_writer  # type: ignore[attr-defined]
+        self._remove_writer = loop._remove_writer  # type: ignore[attr-defined]
+        src.kernel_reading = True
+
+    def start(self) -> None:
+        """Begin once whatever the transports still hold for ``dst`` has left."""
+        if self.finished:
+            return
+        if self.dst.transport is not None and self.dst.transport.get_write_buffer_size():
+            self.loop.call_later(0.001, self.start)
+            return
+        self._watch_src(True)
+
+    def feed(self, data: bytes) -> None:
+        # Bytes read before the splice existed (after the relay header): through the transport.
+        if self.dst.transport is not None and not self.dst.closed:
+            self.dst.transport.write(data)
+            self.sent += len(data)
+
+    def finish_input(self) -> None:
+        if not self.finished:
+            self.eof = True
+            self._watch_src(False)
+            self._drain()
+
+    def sink_paused(self, paused: bool) -> None:
+        pass  # writes to dst bypass its transport
+
+    def cancel(self) -> None:
+        if self.finished and self.pipe_r < 0:
+            return
+        self.finished = True
+        self._watch_src(False)
+        self._watch_dst(False)
+        for fd in (self.pipe_r, self.pipe_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.pipe_r = self.pipe_w = -1
+
+    def _alive(self, side: Side) -> bool:
+        return side.transport is not None and not side.closed and not side.transport.is_closing()
+
+    def _watch_src(self, on: bool) -> None:
+        if on and not self._reading and self._alive(self.src):
+            self._add_reader(self.src_fd, self._readable)
+            self._reading = True
+        elif not on and self._reading:
+            self._reading = False
+            if self._alive(self.src):
+                self._remove_reader(self.src_fd)
+
+    def _watch_dst(self, on: bool) -> None:
+        if on and not self._writing and self._alive(self.dst):
+            self._add_writer(self.dst_fd, self._writable)
+            self._writing = True
+        elif not on and self._writing:
+            self._writing = False
+            if self._alive(self.dst):
+                self._remove_writer(self.dst_fd)
+
+    def _readable(self) -> None:
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        # Move what is there (up to a few pipe-fulls) per wake-up: fewer trips through the loop.
+        for _ in range(8):
+            try:
+                n = os.splice(self.src_fd, self.pipe_w, PIPE_BYTES - self.in_pipe, flags=flags)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._fail()
+                return
+            if n == 0:
+                self.finish_input()
+                return
+            self.in_pipe += n
+            self._drain()
+            if not self._reading or self.finished:
+                return
+
+    def _writable(self) -> None:
+        self._watch_dst(False)
+        self._drain()
+
+    def _drain(self) -> None:
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while self.in_pipe and not self.finished:
+            try:
+                n = os.splice(self.pipe_r, self.dst_fd, self.in_pipe, flags=flags)
+            except BlockingIOError:
+                # dst is full: stop reading until it drains (back-pressure to the sender).
+                self._watch_src(False)
+                self._watch_dst(True)
+                return
+            except OSError:
+                self._fail()
+                return
+            self.in_pipe -= n
+            self.sent += n
+        if self.finished:
+            return
+        if self.eof:
+            self._deliver_eof()
+        else:
+            self._watch_src(True)
+
+    def _deliver_eof(self) -> None:
+        transport = self.dst.transport
+        if transport is not None and self._alive(self.dst):
+            if self.src.closed or not transport.can_write_eof():
+                transport.close()
+            else:
+                try:
+                    transport.write_eof()
+                except OSError:
+                    transport.abort()
+        self.cancel()
+        self.on_finished()
+
+    def _fail(self) -> None:
+        self.cancel()
+        self.src.abort()
+        self.dst.abort()
+        self.on_finished()
+
+
 class Splice:
     """A site-side connection ``a`` joined to the next hop ``b`` for one path at one version."""
 
@@ -203,12 +369,25 @@ class Splice:
         self.version = version
         self.a = a
         self.b = b
-        self.down = Direction(loop, a, b, down, self._check_done)
-        self.up = Direction(loop, b, a, up, self._check_done)
+        self.down = self._direction(loop, a, b, down)
+        self.up = self._direction(loop, b, a, up)
         self._on_closed = on_closed
         self._done = False
         a.splice = self
         b.splice = self
+
+    def _direction(
+        self, loop: asyncio.AbstractEventLoop, src: Side, dst: Side, clock: LinkClock | None
+    ) -> Direction | KernelDirection:
+        if (
+            clock is None
+            and ZERO_COPY
+            and hasattr(loop, "_add_reader")
+            and src.transport is not None
+            and dst.transport is not None
+        ):
+            return KernelDirection(loop, src, dst, self._check_done)
+        return Direction(loop, src, dst, clock, self._check_done)
 
     def start(self) -> None:
         """Pass on what either side sent before the splice existed, then read both."""
@@ -219,10 +398,18 @@ class Splice:
                 side.pending.clear()
                 self._direction_from(side).feed(data)
         for side in (self.a, self.b):
-            if side.transport is not None and not side.closed and not side.transport.is_reading():
+            if side.transport is None or side.closed:
+                continue
+            if side.kernel_reading:
+                if side.transport.is_reading():
+                    side.transport.pause_reading()
+            elif not side.transport.is_reading():
                 side.transport.resume_reading()
+        for direction in (self.down, self.up):
+            if isinstance(direction, KernelDirection):
+                direction.start()
 
-    def _direction_from(self, side: Side) -> Direction:
+    def _direction_from(self, side: Side) -> Direction | KernelDirection:
         return self.down if side is self.a else self.up
 
     def received(self, side: Side, data: bytes) -> None:

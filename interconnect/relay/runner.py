@@ -43,13 +43,15 @@ class RelayService:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+                ssl_keyfile=str(config.tls_key) if config.tls_key else None,
             )
         )
         self._stopped: asyncio.Event | None = None
 
     @property
     def control_url(self) -> str:
-        return f"http://{self.config.control_host}:{self.control_port}"
+        return f"{self.config.control_scheme}://{self.config.control_host}:{self.control_port}"
 
     async def run(self, ready: Callable[[RelayService], None] | None = None) -> None:
         self._stopped = asyncio.Event()
