@@ -130,20 +130,33 @@ def test_deploy_refuses_what_the_multi_process_runtime_does_not_script(tmp_path:
         assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ScenarioRun]:
-    root = tmp_path_factory.mktemp("scenarios")
-    # The five scenarios declare the same four sites: build them once, each run gets a copy.
-    template = build_scenario_sites(load_scenario(SHIPPED / "baseline.toml"), root / "template")[0].parent
-    return {
-        name: run_scenario(
+class _Runs(dict[str, ScenarioRun]):
+    """Each shipped scenario run once, when a test first asks for it (so that each run counts
+    against the timeout of the test that needs it, not all of them against the first)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.template: Path | None = None
+
+    def __missing__(self, name: str) -> ScenarioRun:
+        if self.template is None:
+            # The five scenarios declare the same four sites: build them once, each run gets a copy.
+            baseline = load_scenario(SHIPPED / "baseline.toml")
+            self.template = build_scenario_sites(baseline, self.root / "template")[0].parent
+        run = run_scenario(
             reduced(load_scenario(SHIPPED / f"{name}.toml"), 2),
-            root / name,
+            self.root / name,
             local_steps=5,
-            sites_from=template,
+            sites_from=self.template,
         )
-        for name in NAMES
-    }
+        self[name] = run
+        return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> _Runs:
+    return _Runs(tmp_path_factory.mktemp("scenarios"))
 
 
 def _images(report: Path) -> list[bytes]:
