@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import markdown_table, write_result
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.secure_aggregation import SecAggPlusSettings, aggregate_secure_round, run_secure_train_round
 from aggregator.strategies import build_strategy
@@ -79,7 +78,7 @@ def protocol_round(n_sites: int, size: int, secure: bool, repeats: int) -> float
     doc["privacy"]["secure_aggregation"] = secure
     job = parse_job_spec(doc)
     grid = InProcessGrid(_instant_client(size), n_sites)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    grid.take_serverapp_identity()
     arrays = to_record({"w": np.zeros(size, dtype=np.float32)})
     config = ConfigRecord({"job": job.to_json(), "server-round": 1})
     times = []

@@ -40,6 +40,14 @@ class InProcessGrid(Grid):
         self._replies: dict[str, Message] = {}
         self.down: set[int] = set()  # nodes that do not answer (to script failures)
 
+    def take_serverapp_identity(self) -> None:
+        """Make this process send as this grid's ServerApp: messages take their run and sender
+        from the process's task identity, as in a ServerApp process started by a SuperLink
+        (0 is the SuperLink's own node id)."""
+        TaskIdentity.run_id = self.run.run_id
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 1
+
     def set_run(self, run: Run) -> None:
         self._run = run
 
@@ -98,9 +106,5 @@ def run_inprocess_job(
     """Run ``job`` over the given site folders with an in-process Grid (``mods`` wrap every
     site's ClientApp, e.g. scripted attacks)."""
     grid = InProcessGrid(build_client_app([str(Path(s).resolve()) for s in sites], mods), len(sites))
-    # Messages take their run and sender from the process's task identity, as in a ServerApp
-    # process started by a SuperLink (0 is the SuperLink's own node id).
-    TaskIdentity.run_id = grid.run.run_id
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    grid.take_serverapp_identity()
     return run_federation(grid, job, observer=observer, expected_sites=len(sites), node_wait_s=0)

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.federation import Admission, FederationResult, RoundResult, initial_weights, run_federation
 from clinical_node.client_app import build_client_app
@@ -382,9 +381,7 @@ def run_scenario(
     mods = [poisoning_mod(scenario.attacks)] if scenario.attacks else None
     grid = _ScenarioGrid(build_client_app([str(p) for p in site_dirs], mods), len(site_dirs))
     driver = _Driver(scenario, job, site_dirs, grid, network, model_bytes, say)
-    TaskIdentity.run_id = grid.run.run_id
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+    grid.take_serverapp_identity()
     say(f"job {job.name}: {job.strategy}, {job.rounds} rounds x {job.training.local_steps} local steps")
     try:
         result = run_federation(grid, job, observer=driver, expected_sites=len(site_dirs), node_wait_s=0)

@@ -15,7 +15,6 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.supercore.task_identity import TaskIdentity
 
 from aggregator.federation import initial_weights, run_federation
 from aggregator.secure_aggregation import SecAggPlusSettings, run_secure_train_round
@@ -89,7 +88,7 @@ def _drop(site: str) -> Any:
 
 def _run(sites: list[Path], job: JobSpec, mods: list[Any]) -> tuple[_RecordingGrid, Any]:
     grid = _RecordingGrid(build_client_app([str(s) for s in sites], mods), len(sites))
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    grid.take_serverapp_identity()
     return grid, run_federation(grid, job, expected_sites=len(sites), node_wait_s=0)
 
 
@@ -192,7 +191,7 @@ def test_a_malformed_masked_vector_drops_that_site_not_the_round(uci_sites: Path
     sites = _sites(uci_sites)[:3]
     job = _job(secure=True)
     grid = _TamperingGrid(build_client_app([str(s) for s in sites]), len(sites))
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    grid.take_serverapp_identity()
     result = run_federation(grid, job, expected_sites=len(sites), node_wait_s=0)
     assert result.status == "completed", result.reason
     errors = {name: s.error for name, s in result.rounds[0].sites.items() if s.error}
@@ -225,7 +224,7 @@ def _instant_sites(scale_of: dict[int, float]) -> ClientApp:
 def test_an_update_outside_the_quantisation_range_leaves_the_round_not_corrupts_it() -> None:
     job = _job(secure=True, strategy={"name": "fedavg"})
     grid = InProcessGrid(_instant_sites({3: 1e5}), 4)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    grid.take_serverapp_identity()
     model = {"w": np.zeros(8, dtype=np.float32)}
     strategy = build_strategy("fedavg", {}, 4)
     messages = strategy.configure_train(
@@ -243,7 +242,7 @@ def test_site_refuses_to_send_a_secure_jobs_update_in_the_clear(uci_sites: Path)
     sites = _sites(uci_sites)[:1]
     job = _job(secure=True)
     grid = InProcessGrid(build_client_app([str(s) for s in sites]), 1)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = grid.run.run_id, 0, 1
+    grid.take_serverapp_identity()
     content = RecordDict(
         {
             "arrays": to_record(initial_weights(job)),

@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from flwr.supercore.task_identity import TaskIdentity
-
 from aggregator.federation import Admission, FederationResult, RoundResult
 from aggregator.run_output import RunOutput, run_with_checkpoints
 from clinical_node.client_app import build_client_app
@@ -92,11 +90,7 @@ class LocalRunner:
         if not sites:
             raise RunnerError(f"no site folder (with a site.toml) under {self.sites_root}")
         grid = InProcessGrid(build_client_app([str(s.resolve()) for s in sites]), len(sites))
-        # Messages take their run and sender from the process's task identity, as in a
-        # ServerApp process started by a SuperLink (0 is the SuperLink's own node id).
-        TaskIdentity.run_id = grid.run.run_id
-        TaskIdentity.node_id = 0
-        TaskIdentity.task_id = 1
+        grid.take_serverapp_identity()
         run_started(f"local-{grid.run.run_id}")
         return run_with_checkpoints(
             grid,
