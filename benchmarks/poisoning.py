@@ -2,15 +2,22 @@
 
 One of the four UCI hospitals sends sign-flipped updates scaled by 10 (deploy/attacks.py, a
 Flower ClientApp mod acting on what the site sends). Each strategy runs the demo's job
-(15 rounds x 100 local steps) clean and poisoned, seeds 42-46, over an in-process Grid, with
-every site training in its sandbox. Reported: the mean of the four centres' test accuracy.
+(15 rounds x 100 local steps) clean and with each hospital in turn as the attacker, seeds
+42-46, over an in-process Grid, with every site training in its sandbox. Reported: the mean of
+the four centres' test accuracy (the attacker's centre included: its patients still need the
+model).
 
-    python benchmarks/poisoning.py [--seeds 42 43 44 45 46] [--attacker cleveland] [--rounds 15]
-                                   [--only NAME ...]
+A robust rule can at best discard the attacker's updates, so the table also gives that
+ceiling, measured: the demo's FedAvg with the attacker's updates withheld (the site still
+evaluates). How far the ceiling falls below the clean run is what the attacker's data was
+worth, which no aggregation rule can win back.
 
-``--only`` reruns the named strategies (substrings of the names below) and the FedAvg
-baseline; the other strategies' rows are carried over from the previous result file, each
-marked with the commit it was measured at.
+    python benchmarks/poisoning.py [--seeds 42 43 44 45 46] [--rounds 15]
+        [--attackers cleveland hungarian switzerland va] [--only NAME ...]
+
+``--only`` reruns the named strategies (substrings of the names below) for the attackers
+given, and FedAvg clean; every other measurement is carried over from the previous result
+file when it used the same seeds and rounds, marked with the commit it was measured at.
 """
 
 from __future__ import annotations
@@ -25,16 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import Context, Error, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import RESULTS, markdown_table, write_result
+from _common import RESULTS, machine, markdown_table, write_result
 
 from deploy.attacks import Poisoning, poisoning_mod
 from deploy.inprocess import run_inprocess_job
 from paroma.demo import DEMO_STRATEGY, build_demo_sites, demo_job
 from paroma.jobspec import parse_job_spec
 
+SITES = ("cleveland", "hungarian", "switzerland", "va")
 STRATEGIES: dict[str, dict[str, Any]] = {
     "FedAvg (demo job)": DEMO_STRATEGY,
     "FedMedian": {"name": "fedmedian"},
@@ -48,39 +58,64 @@ STRATEGIES: dict[str, dict[str, Any]] = {
         "name": "filteredfedavg",
         "params": {"weight_exponent": 0.875, "outlier_factor": 2.5, "num_malicious_nodes": 1},
     },
-    "Outlier-filtered FedAvg (f=1, factor 2.0)": {
-        "name": "filteredfedavg",
-        "params": {"weight_exponent": 0.875, "outlier_factor": 2.0, "num_malicious_nodes": 1},
-    },
 }
 BASELINE = "FedAvg (demo job)"
+# Not a strategy a job can choose: the demo's FedAvg that never receives the attacker's updates.
+CEILING = "Ceiling: FedAvg without the attacker's updates"
+CLEAN = "clean"
 
 
-def run(
-    sites: list[Path], strategy: dict[str, Any], seed: int, rounds: int, attack: Poisoning | None
-) -> float:
+def withheld_mod(site: str) -> Mod:
+    """A ClientApp mod under which ``site`` answers every train instruction with an error:
+    its update never reaches the aggregator (it still evaluates the global model)."""
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(message, context)
+        if message.metadata.message_type != MessageType.TRAIN or reply.has_error():
+            return reply
+        record = reply.content.config_records.get("site")
+        if record is None or str(record.get("site-id", "")) != site:
+            return reply
+        return Message(
+            Error(code=0, reason=f"{site}'s update withheld (benchmark ceiling)"), reply_to=message
+        )
+
+    return mod
+
+
+def run(sites: list[Path], strategy: dict[str, Any], seed: int, rounds: int, mods: list[Mod] | None) -> float:
     doc = demo_job(rounds, seed=seed).to_dict()
     doc["strategy"] = strategy
-    result = run_inprocess_job(parse_job_spec(doc), sites, mods=[poisoning_mod([attack])] if attack else None)
+    result = run_inprocess_job(parse_job_spec(doc), sites, mods=mods)
     if result.status != "completed":
         raise RuntimeError(f"job failed: {result.reason}")
     return result.rounds[-1].mean_accuracy
 
 
-def _previous(rerun: set[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The previous result file's rows for the strategies not rerun, if it measured the same job."""
+def _previous(
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, str]]]:
+    """The previous result file's accuracies per row and condition (``clean`` or the attacker),
+    with the commit each was measured at, if it measured the same job."""
     path = RESULTS / "poisoning.json"
     if not path.exists():
-        return {}
+        return {}, {}
     old = json.loads(path.read_text())
     if old.get("seeds") != args.seeds or old.get("rounds") != args.rounds:
-        return {}
+        return {}, {}
     commit = old.get("machine", {}).get("commit", "")
-    return {
-        name: {**row, "measured_at": row.get("measured_at", commit)}
-        for name, row in old.get("strategies", {}).items()
-        if name not in rerun
-    }
+    values: dict[str, dict[str, list[float]]] = {}
+    where: dict[str, dict[str, str]] = {}
+    for name, row in old.get("strategies", {}).items():
+        if "runs" in row:
+            runs = row["runs"]
+            at = row.get("measured_at", {})
+        else:  # one attacker per file, as earlier versions wrote it
+            runs = {CLEAN: row["clean"], old["attack"]["site"]: row["poisoned"]}
+            at = {k: row.get("measured_at", commit) for k in runs}
+        values[name] = dict(runs)
+        where[name] = {k: at.get(k, commit) if isinstance(at, dict) else at for k in runs}
+    return values, where
 
 
 def main() -> None:
@@ -89,76 +124,76 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--attacker", default="cleveland")
-    parser.add_argument("--only", nargs="+", default=None, help="strategies to rerun (name substrings)")
-    parser.add_argument(
-        "--keep-baseline", action="store_true", help="with --only: take FedAvg's rows from the previous file"
-    )
+    parser.add_argument("--attackers", nargs="+", default=list(SITES), choices=SITES)
+    parser.add_argument("--only", nargs="+", default=None, help="rows to rerun (name substrings)")
     args = parser.parse_args()
-    chosen = {
-        name: s
-        for name, s in STRATEGIES.items()
-        if args.only is None
-        or (name == BASELINE and not args.keep_baseline)
-        or any(o.lower() in name.lower() for o in args.only)
-    }
+    rows_all = [*STRATEGIES, CEILING]
+    chosen = [
+        name for name in rows_all
+        if args.only is None or name == BASELINE or any(o.lower() in name.lower() for o in args.only)
+    ]  # fmt: skip
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    attack = Poisoning(args.attacker, "sign-flip", 10.0)
     started = time.perf_counter()
-    results: dict[str, dict[str, list[float]]] = {}
+    commit = machine()["commit"]
+    values, where = _previous(args) if args.only else ({}, {})
     with tempfile.TemporaryDirectory() as tmp:
         sites = build_demo_sites(Path(tmp))
-        for name, strategy in chosen.items():
-            results[name] = {
-                "clean": [run(sites, strategy, s, args.rounds, None) for s in args.seeds],
-                "poisoned": [run(sites, strategy, s, args.rounds, attack) for s in args.seeds],
-            }
-            print(f"  {name}: done", flush=True)
-    rows, summary = [], {}
-    carried = _previous(set(chosen), args) if args.only else {}
-    fedavg_clean = (
-        float(np.mean(results[BASELINE]["clean"])) if BASELINE in results else carried[BASELINE]["clean_mean"]
-    )
-    for name in STRATEGIES:
-        if name in results:
-            r = results[name]
-            clean, poisoned = float(np.mean(r["clean"])), float(np.mean(r["poisoned"]))
-            summary[name] = {
-                "clean": r["clean"],
-                "poisoned": r["poisoned"],
-                "clean_mean": clean,
-                "poisoned_mean": poisoned,
-            }
-            label = name
-        elif name in carried:
-            summary[name] = carried[name]
-            clean, poisoned = summary[name]["clean_mean"], summary[name]["poisoned_mean"]
-            label = f"{name} (commit {summary[name]['measured_at']})"
-        else:
+        for name in chosen:
+            strategy = STRATEGIES.get(name, DEMO_STRATEGY)
+            runs = values.setdefault(name, {})
+            at = where.setdefault(name, {})
+            # The clean run: FedAvg's always (the baseline of this run), another's when not carried.
+            fresh = name == BASELINE or CLEAN not in runs
+            conditions = ([CLEAN] if name in STRATEGIES and fresh else []) + list(args.attackers)
+            for condition in conditions:
+                if condition == CLEAN:
+                    mods = None
+                elif name == CEILING:
+                    mods = [withheld_mod(condition)]
+                else:
+                    mods = [poisoning_mod([Poisoning(condition, "sign-flip", 10.0)])]
+                runs[condition] = [run(sites, strategy, s, args.rounds, mods) for s in args.seeds]
+                at[condition] = commit
+                print(f"  {name}, {condition}: {np.mean(runs[condition]):.4f}", flush=True)
+    reference = float(np.mean(values[BASELINE][CLEAN]))
+    present = [s for s in SITES if any(s in values.get(n, {}) for n in rows_all)]
+    table_rows, summary = [], {}
+    for name in rows_all:
+        if name not in values:
             continue
-        rows.append(
-            [
-                label,
-                clean,
-                poisoned,
-                f"{100 * (poisoned - clean):+.1f}",
-                f"{100 * (poisoned - fedavg_clean):+.1f}",
-            ]
-        )
+        runs = values[name]
+        means = {k: float(np.mean(v)) for k, v in runs.items()}
+        cells: list[Any] = [name, f"{means[CLEAN]:.4f}" if CLEAN in means else "–"]
+        for site in present:
+            cells.append(
+                f"{means[site]:.4f} ({100 * (means[site] - reference):+.1f})" if site in means else "–"
+            )
+        attacked = [means[s] - reference for s in present if s in means]
+        cells.append(f"{100 * min(attacked):+.1f}" if attacked else "–")
+        cells.append(sum(1 for d in attacked if d >= -0.02))
+        stale = sorted({c for c in where.get(name, {}).values() if c != commit})
+        if stale:
+            cells[0] = f"{name} (partly from commit {', '.join(stale)})"
+        table_rows.append(cells)
+        summary[name] = {"runs": runs, "means": means, "measured_at": where.get(name, {})}
     table = markdown_table(
-        ["strategy", "clean", f"{args.attacker} poisoned", "points vs own clean", "points vs clean FedAvg"],
-        rows,
-    )
+        ["strategy", "clean", *[f"{s} attacks (pts vs clean FedAvg)" for s in present],
+         "worst pts", "attackers within 2 pts"],
+        table_rows,
+    )  # fmt: skip
     print()
     print(table)
-    print(f"\nattack: {args.attacker} sends global - 10 x its update delta from round 1; "
-          f"seeds {args.seeds}; {time.perf_counter() - started:.0f} s")  # fmt: skip
+    print(
+        f"\nattack: the attacker sends global - 10 x its update delta from round 1; clean FedAvg "
+        f"{reference:.4f}; seeds {args.seeds}; {time.perf_counter() - started:.0f} s"
+    )
     path = write_result(
         "poisoning",
         {
-            "attack": {"site": args.attacker, "kind": "sign-flip", "scale": 10.0},
+            "attack": {"sites": present, "kind": "sign-flip", "scale": 10.0},
             "rounds": args.rounds,
             "seeds": args.seeds,
+            "clean_fedavg": reference,
             "strategies": summary,
             "table_markdown": table,
             "seconds": time.perf_counter() - started,

@@ -4,10 +4,10 @@ server; each answer must be the expected allow (neither 401 nor 403, and no 5xx)
 endpoint cannot go unlisted. A new service adds one ``Service`` to ``SERVICES``.
 
 Roles: anonymous, patients A and B (site tokens of role ``patient``), data scientists X and
-Y (they hold the job service's credentials, which no site or engine knows, so what they
-present here is a bearer token of their own), the site's admin (site token ``site-admin``)
-and the federation's operator (the site's ``aggregator`` token; the Secure Traffic
-Engine's operator token).
+Y (job-service tokens of role ``data-scientist``; no site or engine knows them, so what they
+present there is a bearer token of their own), the site's admin (site token ``site-admin``;
+the job service's ``site-admin`` token) and the federation's operator (the site's
+``aggregator`` token; the Secure Traffic Engine's and the job service's operator tokens).
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer
+from conftest import LiveServer, heart_job
 
+from aggregator.jobs.app import create_app as create_jobs_app
+from aggregator.jobs.runner import LocalRunner
+from aggregator.jobs.service import JobService
 from clinical_node.auth import TokenStore
 from clinical_node.service import create_app as create_node_app
 from clinical_node.site import Site
@@ -31,6 +34,7 @@ from interconnect.pce.engine import SecurePathEngine
 from interconnect.pce.nvd import NvdClient
 from interconnect.pce.scenario import load_scenario
 from interconnect.pce.service import create_app as create_pce_app
+from paroma.jobspec import parse_job_spec
 from protection_layer.consent_mix import research_consent
 from protection_layer.consent_requests import ConsentRequests
 from protection_layer.dashboard import PatientSessions
@@ -332,11 +336,66 @@ OPA = Service(
     ],
 )
 
-SERVICES = [CLINICAL_NODE, TRAFFIC_ENGINE, OPA]
+# -- the job service: data scientists submit and follow their own jobs --------------------
+
+
+@contextmanager
+def _job_service(tmp: Path) -> Iterator[tuple[str, dict[str, dict[str, str]]]]:
+    (tmp / "sites").mkdir()
+    # not started: submitted jobs stay queued, so every row meets the same job
+    service = JobService(tmp / "service", LocalRunner(tmp / "sites"))
+    tokens = service.tokens
+    headers = _outsiders() | {
+        "patient-a": _bearer(secrets.token_urlsafe(32)),
+        "patient-b": _bearer(secrets.token_urlsafe(32)),
+        "scientist-x": _bearer(tokens.issue("data-scientist", "x")),
+        "scientist-y": _bearer(tokens.issue("data-scientist", "y")),
+        "site-admin": _bearer(tokens.issue("site-admin", "hospital")),
+        "operator": _bearer(tokens.issue("operator", "federation")),
+    }
+    _JOB_ID[0] = service.submit("x", parse_job_spec(heart_job())).id
+    with LiveServer(create_jobs_app(service)) as live:
+        yield live.url, headers
+
+
+_JOB_ID = [""]
+SCIENTISTS = frozenset({"scientist-x", "scientist-y"})
+# who follows the job of scientist X: X, and the roles that see every job
+FOLLOWERS = frozenset({"scientist-x", "site-admin", "operator"})
+# another's job looks unknown (404), as the rows of a patient's consent do
+HIDDEN = (401, 403, 404)
+JOB_SERVICE = Service(
+    "job-service",
+    _job_service,
+    [
+        Endpoint("GET", "/api/job-spec.schema.json", "/api/job-spec.schema.json", EVERYONE),
+        Endpoint("GET", "/api/whoami", "/api/whoami", SCIENTISTS | {"site-admin", "operator"}),
+        Endpoint("GET", "/api/jobs", "/api/jobs", SCIENTISTS | {"site-admin", "operator"}),
+        # a site admin follows jobs but does not submit them
+        Endpoint("POST", "/api/jobs", "/api/jobs", SCIENTISTS | OPERATOR, json=heart_job()),
+        Endpoint("GET", "/api/jobs/{job_id}", "/api/jobs/{job}", FOLLOWERS, denied_as=HIDDEN),
+        Endpoint("GET", "/api/jobs/{job_id}/logs", "/api/jobs/{job}/logs", FOLLOWERS, denied_as=HIDDEN),
+        # the job is queued: allowed callers are answered 409 (no model yet), which is no deny
+        Endpoint("GET", "/api/jobs/{job_id}/model", "/api/jobs/{job}/model", FOLLOWERS, denied_as=HIDDEN),
+        Endpoint(
+            "GET", "/api/jobs/{job_id}/model-card", "/api/jobs/{job}/model-card", FOLLOWERS, denied_as=HIDDEN
+        ),
+        # last: the operator's cancel ends the job; X's cancel after it is a 409, no deny
+        Endpoint(
+            "POST",
+            "/api/jobs/{job_id}/cancel",
+            "/api/jobs/{job}/cancel",
+            frozenset({"scientist-x", "operator"}),
+            denied_as=HIDDEN,
+        ),
+    ],
+)
+
+SERVICES = [CLINICAL_NODE, TRAFFIC_ENGINE, OPA, JOB_SERVICE]
 
 
 def _call(http: httpx.Client, endpoint: Endpoint, headers: dict[str, str]) -> httpx.Response:
-    url = endpoint.url.replace("{request}", _REQUEST_ID[0])
+    url = endpoint.url.replace("{request}", _REQUEST_ID[0]).replace("{job}", _JOB_ID[0])
     if endpoint.stream:
         with http.stream(endpoint.method, url, headers=headers) as response:
             return response

@@ -43,7 +43,8 @@ async def _spec_document(request: Request) -> Any:
     if kind in ("application/toml", "text/toml"):
         try:
             return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        # RecursionError: nesting deeper than the parser goes is no job spec either
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise Problem(
                 422,
                 "Invalid job spec",
@@ -54,7 +55,7 @@ async def _spec_document(request: Request) -> Any:
         raise Problem(415, "Unsupported media type", f"{kind!r}: send application/json or application/toml")
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise Problem(
             422,
             "Invalid job spec",
