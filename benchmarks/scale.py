@@ -8,13 +8,14 @@ the time of each round and the peak memory of the whole process tree (the runtim
 sandbox workers: the sum of their proportional set sizes, sampled every 0.5 s). The first
 round includes starting the sites' sandbox workers; later rounds are the steady state.
 
-Each site's sandbox worker holds about 220 MB; --max-workers caps how many stay alive at once
-(deploy/worker_budget.py), so beyond that many sites workers are restarted within a round.
+Each site's sandbox worker holds about 200 MB; --max-workers caps how many stay alive at once
+(deploy/worker_budget.py): beyond that many sites, the sites outside the first max-workers - 1
+restart their worker for every train and every evaluation.
 The baseline is the smallest size measured in the same run: the table gives how time per
 round and memory grow relative to it, per site.
 
     python benchmarks/scale.py [--sites 10 25 50 100] [--patients 1000] [--rounds 3]
-        [--local-steps 20] [--max-workers 40] [--workdir /tmp/paroma-scale]
+        [--local-steps 10] [--max-workers 60] [--workdir /tmp/paroma-scale]
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ def main() -> None:
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=20)
-    parser.add_argument("--max-workers", type=int, default=40)
+    parser.add_argument("--local-steps", type=int, default=10)
+    parser.add_argument("--max-workers", type=int, default=60)
     parser.add_argument("--build-workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/paroma-scale"))

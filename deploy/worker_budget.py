@@ -3,18 +3,18 @@
 Every clinical node keeps one sandbox worker per job alive for the job's lifetime (torch
 imported once per job, clinical_node/sandbox/executor.py), which costs about 220 MB of
 private memory per site. On a hospital's own machine that is one worker; a simulation of 100
-sites in one process would hold 100 of them. This ClientApp mod releases the worker of another
-site when more than ``max_live`` are alive. The Grid visits the sites in the same order every
-pass (train, then evaluate), so the site used most recently is the one needed furthest in the
-future: evicting it (MRU) keeps ``max_live - 1`` workers useful per pass, where LRU would
-restart every one.
+sites in one process would hold 100 of them. Under a budget of ``max_live`` workers, the
+first ``max_live - 1`` sites to answer keep theirs (residents); every other site's worker is
+released as soon as it has answered, so one slot serves them in turn. Flower's strategies
+sample the sites in a new random order every pass, so no choice of whom to evict can use the
+order; this one restarts exactly ``sites - (max_live - 1)`` workers per pass whatever the
+order, where LRU or MRU eviction under a shuffled order restart up to every one.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
@@ -22,16 +22,42 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from paroma.jobspec import JobSpec, JobSpecError
 
 
-def worker_budget_mod(sites: Sequence[str], max_live: int) -> Mod:
-    """A mod for a ClientApp serving ``sites`` by partition id (as build_client_app does)."""
-    if max_live < 1:
-        raise ValueError(f"max_live must be >= 1, got {max_live}")
-    live: OrderedDict[str, str] = OrderedDict()  # site folder -> job sha256, most recent last
-    lock = threading.Lock()
+class WorkerBudget:
+    """Which workers (site folder, job sha256) to release after each answer (one budget per
+    job run: a second job's workers find the places taken and are released each time)."""
 
-    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    def __init__(self, max_live: int) -> None:
+        if max_live < 1:
+            raise ValueError(f"max_live must be >= 1, got {max_live}")
+        self.max_live = max_live
+        self._residents: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def answered(self, site: str, job_sha256: str) -> list[tuple[str, str]]:
+        """``site`` has answered for the job: the workers to release now."""
+        worker = (site, job_sha256)
+        with self._lock:
+            if worker in self._residents:
+                return []
+            if len(self._residents) < self.max_live - 1:
+                self._residents.add(worker)
+                return []
+        return [worker]
+
+
+def worker_budget_mod(
+    sites: Sequence[str], max_live: int, release: Callable[[str, str], None] | None = None
+) -> Mod:
+    """A mod for a ClientApp serving ``sites`` by partition id (as build_client_app does);
+    ``release(site_folder, job_sha256)`` stops a worker (by default the site's executor)."""
+    budget = WorkerBudget(max_live)
+
+    def stop(folder: str, sha: str) -> None:
         from clinical_node.runtime import open_node
 
+        open_node(folder).executor.release(sha)
+
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
         config = message.content.config_records.get("config")
         partition = int(context.node_config.get("partition-id", -1))
@@ -41,16 +67,8 @@ def worker_budget_mod(sites: Sequence[str], max_live: int) -> Mod:
             job = JobSpec.from_json(str(config["job"]))
         except JobSpecError:
             return reply
-        site = sites[partition]
-        evict: list[tuple[str, str]] = []
-        with lock:
-            previous = next(reversed(live), None) if live else None
-            live[site] = job.sha256
-            live.move_to_end(site)
-            if len(live) > max_live and previous is not None and previous != site:
-                evict.append((previous, live.pop(previous)))
-        for folder, sha in evict:
-            open_node(folder).executor.release(sha)
+        for folder, sha in budget.answered(sites[partition], job.sha256):
+            (release or stop)(folder, sha)
         return reply
 
     return mod
