@@ -134,7 +134,9 @@ def deployment(uci_sites_template: Path, tmp_path: Path) -> Iterator[Deployment]
 
 
 def test_a_job_runs_as_a_flower_run_on_the_superlink(deployment: Deployment, tmp_path: Path) -> None:
-    runner = SuperLinkRunner(deployment.address, tmp_path / "flwr-cli", expected_sites=2, poll_s=0.5)
+    runner = SuperLinkRunner(
+        deployment.address, tmp_path / "flwr-cli", expected_sites=2, poll_s=0.5, status_s=2.0
+    )
     service = JobService(tmp_path / "service", runner)
     token = service.tokens.issue("data-scientist", "dana")
     headers = {"Authorization": f"Bearer {token}"}

@@ -72,11 +72,16 @@ class SuperLinkRunner:
         root_certificates: Path | None = None,
         expected_sites: int = 0,
         poll_s: float = 1.0,
+        status_s: float = 5.0,
     ) -> None:
         self.address = address
         self.home = Path(home)
         self.expected_sites = expected_sites
+        # progress is read from the run's output folder every poll_s; the SuperLink is asked
+        # for the run's state every status_s (each ask is a flwr CLI process, about 1.5 s of
+        # CPU), and at once when the output holds the result
         self.poll_s = poll_s
+        self.status_s = max(status_s, poll_s)
         self.home.mkdir(parents=True, exist_ok=True)
         security = (
             f"root-certificates = {json.dumps(str(Path(root_certificates).resolve()))}"
@@ -190,6 +195,7 @@ class SuperLinkRunner:
         unanswered = 0
         resubmits = 0
         rounds_at_submit = len(output.completed_rounds())
+        asked = time.monotonic()
         while True:
             time.sleep(self.poll_s)
             progress()
@@ -199,6 +205,9 @@ class SuperLinkRunner:
             if not stopping and should_stop():
                 self.stop(run_id)
                 stopping = True
+            if time.monotonic() - asked < self.status_s and output.result() is None:
+                continue
+            asked = time.monotonic()
             try:
                 state, details = self.status(run_id)
                 unanswered = 0
