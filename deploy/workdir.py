@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clinical_node.datasets.uci_heart import HOSPITALS, hospital_bundle, read_rows, rows_bundle
+from clinical_node.datasets.synthetic import fit_profile, profile_of, synthetic_rows
+from clinical_node.datasets.uci_heart import HOSPITALS, hospital_bundle, rows_bundle
 from clinical_node.site import Site
 from interconnect.pki import (
     CertKind,
@@ -174,7 +174,8 @@ def ensure_site(config: FederationConfig, site: SiteConfig, workdir: Workdir, *,
     building = workdir.sites / f".{site.id}.building"
     shutil.rmtree(building, ignore_errors=True)
     try:
-        _build_site(site, building, seed + config.sites.index(site))
+        index = config.sites.index(site)
+        _build_site(site, building, seed + index, index)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(building, target)
     finally:
@@ -182,7 +183,7 @@ def ensure_site(config: FederationConfig, site: SiteConfig, workdir: Workdir, *,
     return target
 
 
-def _build_site(site: SiteConfig, folder: Path, seed: int) -> None:
+def _build_site(site: SiteConfig, folder: Path, seed: int, index: int) -> None:
     if site.data.kind == "uci":
         name = HOSPITALS[site.data.hospital].name
         organization = f"Organization/uci-{site.data.hospital}"
@@ -192,7 +193,7 @@ def _build_site(site: SiteConfig, folder: Path, seed: int) -> None:
         name, organization = site.id, f"Organization/{site.id}"
     created = Site.create(folder, site.id, name, organization, DEMO_POLICY)
     try:
-        for bundle in _bundles(site, seed):
+        for bundle in _bundles(site, seed, index):
             created.fhir.ingest_bundle(bundle)
         created.plans.approve_builtin("logistic-regression", by="paroma up")
         mix = _consent_mix(site)
@@ -212,19 +213,13 @@ def _build_site(site: SiteConfig, folder: Path, seed: int) -> None:
         created.close()
 
 
-def synthetic_rows(patients: int, seed: int) -> list[dict[str, str | None]]:
-    """Rows drawn with replacement from the four UCI hospitals' records (a seeded bootstrap of
-    real patients, missing values kept missing)."""
-    pool = [row for hospital in HOSPITALS for row in read_rows(hospital)]
-    rng = random.Random(seed)
-    return [dict(rng.choice(pool)) for _ in range(patients)]
-
-
-def _bundles(site: SiteConfig, seed: int) -> list[dict[str, Any]]:
+def _bundles(site: SiteConfig, seed: int, index: int) -> list[dict[str, Any]]:
     if site.data.kind == "uci":
         return [hospital_bundle(site.data.hospital)]
     if site.data.kind == "synthetic":
-        rows = synthetic_rows(site.data.patients, seed)
+        # the scenario runner's and the scale benchmark's generator: the site's place in the
+        # federation picks its UCI hospital profile, as for `paroma data synthetic`
+        rows = synthetic_rows(fit_profile(profile_of(index)), site.data.patients, seed)
         return [rows_bundle(site.id, f"{site.id} (synthetic patients)", rows)]
     if site.data.kind == "fhir" and site.data.path is not None:
         files = sorted(site.data.path.glob("*.json")) if site.data.path.is_dir() else [site.data.path]

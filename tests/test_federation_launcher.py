@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from clinical_node.datasets.synthetic import fit_profile, synthetic_rows
 from clinical_node.datasets.uci_heart import rows_bundle
 from clinical_node.site import Site
 from deploy import launcher
 from deploy.federation_config import DEFAULT_CONFIG, load_federation_config
 from deploy.processes import is_running, process_tree, read_record, start_detached, stop
 from deploy.services import plan
-from deploy.workdir import Workdir, ensure_credentials, ensure_site, synthetic_rows
+from deploy.workdir import Workdir, ensure_credentials, ensure_site
 
 # A process that starts a child in a session of its own (as Flower's SuperLink and SuperNode
 # start SuperExec), then waits.
@@ -146,7 +147,9 @@ ingress_port = {base + 5}
 def test_sites_are_built_once_from_synthetic_data_and_fhir_bundles(tmp_path: Path) -> None:
     bundle = tmp_path / "bundles"
     bundle.mkdir()
-    (bundle / "one.json").write_text(json.dumps(rows_bundle("alpha", "Alpha", synthetic_rows(5, seed=1))))
+    (bundle / "one.json").write_text(
+        json.dumps(rows_bundle("alpha", "Alpha", synthetic_rows(fit_profile("va"), 5, seed=1)))
+    )
     (tmp_path / "bad.json").write_text("{not json")
     text = """
 [federation]
