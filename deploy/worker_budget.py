@@ -27,8 +27,15 @@ class WorkerBudget:
     job run: a second job's workers find the places taken and are released each time)."""
 
     def __init__(self, max_live: int) -> None:
+        from clinical_node.sandbox.backends import SLOTS_PER_PROCESS
+
         if max_live < 1:
             raise ValueError(f"max_live must be >= 1, got {max_live}")
+        if max_live > SLOTS_PER_PROCESS:
+            # one process holds at most SLOTS_PER_PROCESS sandboxes: their uids
+            raise ValueError(
+                f"max_live must be <= {SLOTS_PER_PROCESS} (sandbox uids of one process), got {max_live}"
+            )
         self.max_live = max_live
         self._residents: set[tuple[str, str]] = set()
         self._lock = threading.Lock()

@@ -23,7 +23,7 @@ from clinical_node.datasets.uci_heart import hospital_bundle
 from clinical_node.node import ClinicalNode, RoundFailure, UnfilteredView
 from clinical_node.plans import TrainingPlan
 from clinical_node.sandbox import SandboxExecutor, SandboxLimits
-from clinical_node.sandbox.backends import UID_BASE
+from clinical_node.sandbox.backends import SLOTS_PER_PROCESS, UID_BASE
 from clinical_node.sandbox.limits import GiB, MiB
 from clinical_node.site import Site
 from paroma.demo import DEMO_POLICY, demo_job
@@ -105,7 +105,7 @@ def initial_weights() -> dict[str, np.ndarray]:
 def stray_processes(executor: SandboxExecutor) -> list[int]:
     """Live processes with one of this node process's sandbox uids that belong to no
     running worker (what a killed sandbox would leave behind)."""
-    base = UID_BASE + (os.getpid() % (1 << 22)) * 32
+    base = UID_BASE + (os.getpid() % (1 << 22)) * SLOTS_PER_PROCESS
     live = {w.uid for w in executor._workers.values()}  # type: ignore[attr-defined]
     found = []
     for entry in os.scandir("/proc"):
@@ -116,7 +116,7 @@ def stray_processes(executor: SandboxExecutor) -> list[int]:
                 continue
             uid = int(status.split("Uid:")[1].split()[0])
             state = status.split("State:")[1].split()[0]
-            if base <= uid < base + 32 and uid not in live and state not in ("Z", "X"):
+            if base <= uid < base + SLOTS_PER_PROCESS and uid not in live and state not in ("Z", "X"):
                 found.append(int(entry.name))
     return found
 

@@ -42,6 +42,8 @@ def test_budget_holds_and_restarts_do_not_depend_on_the_order(sites: int, budget
     assert restarts[1:] == [max(0, sites - (budget - 1))] * 5
 
 
-def test_a_budget_below_one_is_refused() -> None:
+def test_a_budget_outside_one_process_s_sandbox_uids_is_refused() -> None:
     with pytest.raises(ValueError, match="max_live must be >= 1"):
         WorkerBudget(0)
+    with pytest.raises(ValueError, match="max_live must be <= 64"):
+        WorkerBudget(65)

@@ -35,7 +35,11 @@ from typing import Any
 
 BACKENDS = ("bubblewrap", "unshare", "subprocess")  # strongest first
 UID_BASE = int(os.environ.get("PAROMA_SANDBOX_UID_BASE", str(0x70000000)))
-_SLOTS_PER_PROCESS = 32
+# Each node process owns the uids UID_BASE + (pid mod 2**22) * 64 + [0, 64): disjoint between
+# processes, and the highest is 0x7fffffff with the default base (no uid above 2**31 - 1,
+# which some tools read as negative). A hospital's node needs one per job; 64 lets one
+# simulation process hold up to 63 sites' workers at once (deploy/worker_budget.py).
+SLOTS_PER_PROCESS = 64
 INSIDE = Path("/sandbox")  # where bubblewrap shows the worker its folders
 
 
@@ -114,13 +118,13 @@ class UidPool:
         self._lock = threading.Lock()
 
     def take(self) -> int:
-        base = UID_BASE + (os.getpid() % (1 << 22)) * _SLOTS_PER_PROCESS
+        base = UID_BASE + (os.getpid() % (1 << 22)) * SLOTS_PER_PROCESS
         with self._lock:
-            for slot in range(_SLOTS_PER_PROCESS):
+            for slot in range(SLOTS_PER_PROCESS):
                 if base + slot not in self._used:
                     self._used.add(base + slot)
                     return base + slot
-        raise BackendUnavailable(f"more than {_SLOTS_PER_PROCESS} sandboxes at once in one node process")
+        raise BackendUnavailable(f"more than {SLOTS_PER_PROCESS} sandboxes at once in one node process")
 
     def give_back(self, uid: int) -> None:
         with self._lock:
