@@ -19,6 +19,8 @@ differently can land above or below it.
 ``--only`` reruns the named strategies (substrings of the names below) for the attackers
 given, and FedAvg clean; every other measurement is carried over from the previous result
 file when it used the same seeds and rounds, marked with the commit it was measured at.
+Runs can share the two cores: each writes its own ``--output`` file, and ``--table-only
+--merge A B`` makes the table of their measurements.
 """
 
 from __future__ import annotations
@@ -94,15 +96,15 @@ def run(sites: list[Path], strategy: dict[str, Any], seed: int, rounds: int, mod
 
 
 def _previous(
-    args: argparse.Namespace,
+    args: argparse.Namespace, path: Path
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, str]]]:
-    """The previous result file's accuracies per row and condition (``clean`` or the attacker),
+    """A previous result file's accuracies per row and condition (``clean`` or the attacker),
     with the commit each was measured at, if it measured the same job."""
-    path = RESULTS / "poisoning.json"
     if not path.exists():
         return {}, {}
     old = json.loads(path.read_text())
     if old.get("seeds") != args.seeds or old.get("rounds") != args.rounds:
+        print(f"  {path}: other seeds or rounds, not carried over", flush=True)
         return {}, {}
     commit = old.get("machine", {}).get("commit", "")
     values: dict[str, dict[str, list[float]]] = {}
@@ -132,6 +134,17 @@ def main() -> None:
         default=None,
         help="rows to rerun (name substrings; 'ceiling' for the reference row)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="result files (same seeds and rounds) whose measurements are carried over, later ones first",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "poisoning.json")
+    parser.add_argument(
+        "--table-only", action="store_true", help="run nothing: the table of the --merge files' measurements"
+    )
     args = parser.parse_args()
     rows_all = [*STRATEGIES, CEILING]
     chosen = [
@@ -139,10 +152,19 @@ def main() -> None:
         if args.only is None or name == BASELINE
         or any(o.lower() in name.lower() or (o.lower() == "ceiling" and name == CEILING) for o in args.only)
     ]  # fmt: skip
+    if args.table_only:
+        chosen = []
     logging.getLogger("flwr").setLevel(logging.ERROR)
     started = time.perf_counter()
     commit = machine()["commit"]
-    values, where = _previous(args) if args.only else ({}, {})
+    values: dict[str, dict[str, list[float]]] = {}
+    where: dict[str, dict[str, str]] = {}
+    # carried over: the output's previous measurements, then the merged files' (later win)
+    for source in ([args.output] if args.only else []) + list(args.merge):
+        more, at = _previous(args, source)
+        for name in more:
+            values.setdefault(name, {}).update(more[name])
+            where.setdefault(name, {}).update(at[name])
     with tempfile.TemporaryDirectory() as tmp:
         sites = build_demo_sites(Path(tmp))
         for name in chosen:
@@ -194,9 +216,7 @@ def main() -> None:
         f"\nattack: the attacker sends global - 10 x its update delta from round 1; clean FedAvg "
         f"{reference:.4f}; seeds {args.seeds}; {time.perf_counter() - started:.0f} s"
     )
-    path = write_result(
-        "poisoning",
-        {
+    payload = {
             "attack": {"sites": present, "kind": "sign-flip", "scale": 10.0},
             "rounds": args.rounds,
             "seeds": args.seeds,
@@ -204,8 +224,12 @@ def main() -> None:
             "strategies": summary,
             "table_markdown": table,
             "seconds": time.perf_counter() - started,
-        },
-    )
+    }  # fmt: skip
+    if args.output.resolve() == (RESULTS / "poisoning.json").resolve():
+        path = write_result("poisoning", payload)
+    else:
+        args.output.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
+        path = args.output
     print(f"wrote {path}")
 
 
