@@ -150,6 +150,19 @@ def one(n: int, args: argparse.Namespace) -> None:
     total = time.perf_counter() - started
     if result.status != "completed":
         raise SystemExit(f"{n} sites: job {result.status}: {result.reason}")
+    # A round that went on without some sites (min_sites) is no measurement of n sites.
+    failed = {
+        f"round {r.server_round} {site}: {s.error}"
+        for r in result.rounds
+        for site, s in r.sites.items()
+        if s.error
+    } | {
+        f"round {r.server_round}: {len(r.sites)} of {n} sites answered"
+        for r in result.rounds
+        if len(r.sites) < n
+    }
+    if failed:
+        raise SystemExit(f"{n} sites: {len(failed)} failure(s), e.g. {'; '.join(sorted(failed)[:3])}")
     rounds = [r.seconds for r in result.rounds]
     print(
         json.dumps(
