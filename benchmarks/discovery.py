@@ -92,21 +92,20 @@ def main() -> None:
                     measured["catalogue_rebuild_ms"],
                 ]
             )
-    print(
-        markdown_table(
-            [
-                "site",
-                "patients",
-                "cohort decision ms (baseline)",
-                "feasibility cold ms",
-                "feasibility warm ms",
-                "cold / baseline",
-                "catalogue rebuild ms",
-            ],
-            rows,
-        )
+    table = markdown_table(
+        [
+            "site",
+            "patients",
+            "cohort decision ms (baseline)",
+            "feasibility cold ms",
+            "feasibility warm ms",
+            "cold / baseline",
+            "catalogue rebuild ms",
+        ],
+        rows,
     )
-    path = write_result("discovery", {"repeat": args.repeat, "sites": results})
+    print(table)
+    path = write_result("discovery", {"repeat": args.repeat, "sites": results, "table_markdown": table})
     print(f"written to {path}")
 
 

@@ -121,7 +121,8 @@ def main() -> None:
     print(
         f"\n{args.rounds} rounds x {args.local_steps} local steps, 4 UCI sites; `paroma up` took {up_seconds:.1f} s\n"
     )
-    print(markdown_table(["runtime", "mean round s", "fastest round s", "job wall s", "ratio"], rows))
+    table = markdown_table(["runtime", "mean round s", "fastest round s", "job wall s", "ratio"], rows)
+    print(table)
     path = write_result(
         "federation_round",
         {
@@ -131,6 +132,7 @@ def main() -> None:
             "simulation": {"round_seconds": sim, "wall_seconds": simulated_wall},
             "deployment": {"round_seconds": dep, "wall_seconds": deployed_wall},
             "ratio_mean_round": statistics.mean(dep) / statistics.mean(sim),
+            "table_markdown": table,
         },
     )
     print(f"\nwrote {path}")

@@ -416,7 +416,8 @@ def main() -> None:
             "",
         ],
     ]
-    print(markdown_table(["measurement", "result", "ratio", "target", ""], rows))
+    table = markdown_table(["measurement", "result", "ratio", "target", ""], rows)
+    print(table)
     path = write_result(
         "transport",
         {
@@ -426,6 +427,7 @@ def main() -> None:
             "load_average": os.getloadavg(),
             "seconds": time.perf_counter() - started,
             "table": rows,
+            "table_markdown": table,
         },
     )
     print(
