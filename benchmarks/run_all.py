@@ -161,6 +161,30 @@ BENCHMARKS = [
         "the same rounds with plain FedAvg in the same run",
         ("--quick",),
     ),
+    Benchmark(
+        "transport",
+        "Transport over the relays",
+        "direct TLS between the same endpoints in the same run; the simulation's transfer estimate",
+        ("--mb", "20", "--repeats", "2", "--cve-repeats", "2"),
+    ),
+    Benchmark(
+        "federation_round",
+        "Multi-process federation round",
+        "the same job on Flower's simulation runtime in the same run",
+        ("--rounds", "1", "--local-steps", "5"),
+    ),
+    Benchmark(
+        "scale",
+        "Scale: 10 to 100 synthetic sites",
+        "the smallest size of the same run",
+        ("--sites", "4", "8", "--patients", "200", "--rounds", "2", "--workdir", "/tmp/paroma-scale-quick"),
+    ),
+    Benchmark(
+        "discovery",
+        "Feasibility and catalogue",
+        "each site's cohort decision, timed in the same run",
+        ("--repeat", "2"),
+    ),
 ]
 
 
