@@ -200,14 +200,12 @@ def main() -> None:
         attacked = [means[s] - reference for s in present if s in means]
         cells.append(f"{100 * min(attacked):+.1f}" if attacked else "–")
         cells.append(sum(1 for d in attacked if d >= -0.02))
-        stale = sorted({c for c in where.get(name, {}).values() if c != commit})
-        if stale:
-            cells[0] = f"{name} (partly from commit {', '.join(stale)})"
+        cells.append(", ".join(sorted(set(where.get(name, {}).values()))))
         table_rows.append(cells)
         summary[name] = {"runs": runs, "means": means, "measured_at": where.get(name, {})}
     table = markdown_table(
         ["strategy", "clean", *[f"{s} attacks (pts vs clean FedAvg)" for s in present],
-         "worst pts", "attackers within 2 pts"],
+         "worst pts", "attackers within 2 pts", "measured at commit"],
         table_rows,
     )  # fmt: skip
     print()
