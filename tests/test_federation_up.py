@@ -370,6 +370,9 @@ def test_relay_failure_cve_and_site_death_mid_job(federation: FederationConfig, 
     _, va = launcher.service(federation, "supernode-va")
     assert va is not None
     kill_now(va)
+    # Killed after its training's audit entry (its update never left): the update is lost with
+    # the process and va trains round 2 again if asked again. Otherwise it trained it at most once.
+    retrained = {2} if 2 in audited_rounds(federation, "va", job.sha256) else set()
     launcher.restart(federation, "supernode-va")
     # The restarted SuperNode is the same node of the federation (its key's), so the job's
     # admission still maps it to va.
@@ -394,7 +397,9 @@ def test_relay_failure_cve_and_site_death_mid_job(federation: FederationConfig, 
     for site in SITES:
         counted = [n for n, sites in rounds.items() if sites.get(site, {}).get("n_train", 0) > 0]
         audited = audited_rounds(federation, site, result["job_sha256"])
-        assert len(audited) == len(set(audited)), f"{site} trained a round twice: {audited}"
+        again = retrained if site == "va" else set()
+        twice = {n for n in audited if audited.count(n) > 1}
+        assert twice <= again and all(audited.count(n) <= 2 for n in twice), f"{site}: {audited}"
         assert set(counted) <= set(audited), site
         sizes = {sites[site]["n_train"] for sites in rounds.values() if sites.get(site, {}).get("n_train")}
         assert len(sizes) <= 1, site
