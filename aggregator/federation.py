@@ -25,6 +25,7 @@ from clinical_node.plans import TrainingPlan
 from paroma.jobspec import JobSpec
 from paroma.wire import ADMISSION_QUERY, from_record, numbers_of, to_record
 
+from .delivery import send_and_collect
 from .secure_aggregation import (
     SecAggPlusSettings,
     SecureAggregationFailed,
@@ -159,12 +160,15 @@ def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def _site_of(message: Message, known: Mapping[int, str]) -> str:
+def _site_of(message: Message, known: Mapping[int, str], node_id: int | None = None) -> str:
     for name in ("site", "admission"):
         record = message.content.config_records.get(name) if not message.has_error() else None
         if record is not None and "site-id" in record:
             return str(record["site-id"])
-    return known.get(message.metadata.src_node_id, f"node-{message.metadata.src_node_id}")
+    # An error the SuperLink wrote in the site's place comes from the SuperLink: the node the
+    # instruction went to says whose it is.
+    node = node_id if node_id is not None else message.metadata.src_node_id
+    return known.get(node, f"node-{node}")
 
 
 def _error_reason(message: Message) -> str:
@@ -174,8 +178,10 @@ def _error_reason(message: Message) -> str:
     return reason
 
 
-def _entry(results: dict[str, SiteResult], reply: Message, sites: Mapping[int, str]) -> SiteResult:
-    name = _site_of(reply, sites)
+def _entry(
+    results: dict[str, SiteResult], reply: Message, sites: Mapping[int, str], node_id: int | None = None
+) -> SiteResult:
+    name = _site_of(reply, sites, node_id)
     return results.setdefault(name, SiteResult(name))
 
 
@@ -191,13 +197,12 @@ def admit(
         )
         for node_id in node_ids
     ]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    replies = send_and_collect(grid, messages, timeout)
     answered: set[int] = set()
     admissions: list[Admission] = []
     sites: dict[int, str] = {}
     admitted: list[int] = []
-    for reply in replies:
-        node_id = reply.metadata.src_node_id
+    for node_id, reply in replies.items():
         answered.add(node_id)
         if reply.has_error():
             site = f"node-{node_id}"
@@ -282,12 +287,18 @@ def run_federation(
                     from_record(arrays),
                     f"round {server_round}: {exc}",
                 )
-            train_replies = secure.replies + secure.failures
+            train_replies = {i: m for i, m in enumerate(secure.replies + secure.failures)}
+            by_node = False
         else:
-            train_replies = list(grid.send_and_receive(instructions, timeout=job.round_timeout_s))
-        ok = [m for m in train_replies if not m.has_error()]
-        for reply in train_replies:
-            entry = _entry(results, reply, sites)
+            # One reply per node (each site counted at most once), a site that left and came
+            # back within the round asked again (aggregator/delivery.py).
+            train_replies = send_and_collect(
+                grid, instructions, job.round_timeout_s, enough=min(job.min_sites, len(admitted))
+            )
+            by_node = True
+        ok = [m for m in train_replies.values() if not m.has_error()]
+        for key, reply in train_replies.items():
+            entry = _entry(results, reply, sites, key if by_node else None)
             if reply.has_error():
                 entry.error = f"train: {_error_reason(reply)}"
                 continue
@@ -330,14 +341,13 @@ def run_federation(
         )
         if new_arrays is not None:
             arrays = new_arrays
-        eval_replies = list(
-            grid.send_and_receive(
-                strategy.configure_evaluate(server_round, arrays, ConfigRecord({"job": job.to_json()}), view),  # type: ignore[arg-type]
-                timeout=job.round_timeout_s,
-            )
+        eval_replies = send_and_collect(
+            grid,
+            strategy.configure_evaluate(server_round, arrays, ConfigRecord({"job": job.to_json()}), view),  # type: ignore[arg-type]
+            job.round_timeout_s,
         )
-        for reply in eval_replies:
-            entry = _entry(results, reply, sites)
+        for node_id, reply in eval_replies.items():
+            entry = _entry(results, reply, sites, node_id)
             if reply.has_error():
                 entry.error = (
                     entry.error + "; " if entry.error else ""

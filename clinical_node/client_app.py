@@ -16,6 +16,7 @@ from flwr.clientapp.typing import Mod
 from paroma.jobspec import JobSpec, JobSpecError
 from paroma.wire import ERROR_ROUND_FAILED, arrays_of, config_int, from_record, to_record
 
+from . import replies
 from .node import ClinicalNode, RoundFailure, RoundReport
 from .runtime import open_node, site_dirs
 from .secure_aggregation import secure_aggregation_mod
@@ -99,38 +100,44 @@ def build_client_app(sites: list[str] | None = None, mods: list[Mod] | None = No
     def train(message: Message, context: Context) -> Message:
         node = _node_for(context, sites)
         try:
+            # A repeated instruction (the aggregator lost the first answer) gets the same
+            # update: no second training, privacy spend or audit entry for the round.
+            again = replies.recall(context.state, "train", message)
+            if again is not None:
+                return Message(again, reply_to=message)
             job = _job(message)
             weights = from_record(arrays_of(message.content))
             report = node.train(job, _round(message), weights)
-        except (RoundFailure, JobSpecError) as exc:
+        except (RoundFailure, JobSpecError, replies.RepeatedRound) as exc:
             return _error(message, node, ERROR_ROUND_FAILED, str(exc))
         assert report.weights is not None
         metrics = MetricRecord({"num-examples": report.num_examples, **report.metrics})
-        return Message(
-            RecordDict(
-                {
-                    "arrays": to_record(report.weights),
-                    "metrics": metrics,
-                    "site": _site_record(report, _policy_version(node)),
-                }
-            ),
-            reply_to=message,
+        content = RecordDict(
+            {
+                "arrays": to_record(report.weights),
+                "metrics": metrics,
+                "site": _site_record(report, _policy_version(node)),
+            }
         )
+        replies.remember(context.state, "train", message, content)
+        return Message(content, reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         node = _node_for(context, sites)
         try:
+            again = replies.recall(context.state, "evaluate", message)
+            if again is not None:
+                return Message(again, reply_to=message)
             job = _job(message)
             weights = from_record(arrays_of(message.content))
             report = node.evaluate(job, _round(message), weights)
-        except (RoundFailure, JobSpecError) as exc:
+        except (RoundFailure, JobSpecError, replies.RepeatedRound) as exc:
             return _error(message, node, ERROR_ROUND_FAILED, str(exc))
         metrics = MetricRecord({"num-examples": report.num_examples, **report.metrics})
-        return Message(
-            RecordDict({"metrics": metrics, "site": _site_record(report, _policy_version(node))}),
-            reply_to=message,
-        )
+        content = RecordDict({"metrics": metrics, "site": _site_record(report, _policy_version(node))})
+        replies.remember(context.state, "evaluate", message, content)
+        return Message(content, reply_to=message)
 
     return app
 

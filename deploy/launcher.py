@@ -361,15 +361,34 @@ def service(config: FederationConfig, name: str) -> tuple[Service, ProcessRecord
 
 
 def restart(config: FederationConfig, name: str, timeout_s: float = 120.0) -> ProcessRecord:
-    """Start a stopped (or crashed) service again, as ``up`` did."""
+    """Start a stopped (or crashed) service again, as ``up`` did. A SuperNode that crashed is
+    first deactivated at the SuperLink (``deploy.supernode_lease``): it would stay online there
+    for up to a minute, and the SuperLink refuses to activate it again meanwhile."""
     workdir = Workdir(config.workdir)
     spec, record = service(config, name)
     if record is not None:
         stop(record)
+    if spec.kind == "supernode":
+        _release_lease(config, workdir, spec)
     _start_group(workdir, [spec], timeout_s, lambda _: None, config=config)
     started = _record(workdir, name)
     assert started is not None
     return started
+
+
+def _release_lease(config: FederationConfig, workdir: Workdir, spec: Service) -> None:
+    from .supernode_lease import LeaseError, deactivate
+
+    node_id = _read_state(workdir).get("node_ids", {}).get(spec.health.site)
+    if node_id is None or registered_nodes(config, workdir).get(int(node_id)) != "online":
+        return
+    argv = list(spec.argv)
+    key = Path(argv[argv.index("--auth-supernode-private-key") + 1])
+    ca = Path(argv[argv.index("--root-certificates") + 1])
+    try:
+        deactivate(f"{config.host}:{config.aggregator.superlink_port}", ca, key, int(node_id))
+    except LeaseError as exc:
+        raise LaunchError(spec.name, f"its previous run is still online at the SuperLink: {exc}") from exc
 
 
 def _record(workdir: Workdir, name: str) -> ProcessRecord | None:

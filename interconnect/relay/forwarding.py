@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # 4 MiB covers the bandwidth-delay product of 1 Gbit/s x 30 ms.
 HIGH_WATER = 4 * 2**20
 LOW_WATER = HIGH_WATER // 2
+# SO_LINGER on with a zero timeout: close() sends a TCP RST instead of a FIN (RFC 9293 3.6).
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.splice is not None:
-            self.splice.lost(self)
+            self.splice.lost(self, reset=exc is not None)
 
     def pause_writing(self) -> None:
         if self.splice is not None:
@@ -83,7 +87,16 @@ class Side(asyncio.Protocol):
             self.splice.sink_paused(self, False)
 
     def abort(self) -> None:
+        """Reset the connection: a stream the relay cannot carry on (no next hop, the route
+        moved, the far side failed) ends in a TCP RST, never in a FIN. A FIN in the middle of
+        the site's TLS handshake reads as a TLS protocol violation, which a TLS client (Flower's
+        SuperNode among them) takes for a security failure and stops retrying; a reset is a
+        transport failure, which it retries, landing on the path the controller installs."""
         if self.transport is not None and not self.closed:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             self.transport.abort()
 
 
@@ -175,7 +188,11 @@ class Direction:
             return
         self.finished = True
         transport = self.dst.transport
-        if transport is not None and not self.dst.closed and not transport.is_closing():
+        if self.sent == 0:
+            # The far side ended before it sent anything: the stream was never set up (a hop
+            # behind it failed), so the connection is reset rather than ended.
+            self.dst.abort()
+        elif transport is not None and not self.dst.closed and not transport.is_closing():
             if self.src.closed or not transport.can_write_eof():
                 transport.close()
             else:
@@ -333,7 +350,9 @@ class KernelDirection:
 
     def _deliver_eof(self) -> None:
         transport = self.dst.transport
-        if transport is not None and self._alive(self.dst):
+        if self.sent == 0:
+            self.dst.abort()  # never set up: reset (see Direction._deliver_eof)
+        elif transport is not None and self._alive(self.dst):
             if self.src.closed or not transport.can_write_eof():
                 transport.close()
             else:
@@ -419,9 +438,13 @@ class Splice:
         self._direction_from(side).finish_input()
         self._check_done()
 
-    def lost(self, side: Side) -> None:
-        self._direction_from(side).finish_input()
+    def lost(self, side: Side, *, reset: bool = False) -> None:
         other = self.b if side is self.a else self.a
+        if reset:
+            # A reset (or any error) on one side is passed on as a reset: the stream broke.
+            self.abort()
+            return
+        self._direction_from(side).finish_input()
         # Nothing can reach a closed connection: drop what was on its way to it.
         self._direction_from(other).cancel()
         self._check_done()
