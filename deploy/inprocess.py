@@ -74,9 +74,11 @@ class InProcessGrid(Grid):
             message_id = str(uuid.uuid4())
             message.metadata.__dict__["_message_id"] = message_id
             node_id = message.metadata.dst_node_id
-            ids.append(message_id)
             if node_id in self.down or node_id not in self._contexts:
+                # not delivered, and no reply will ever come: no id to wait for
+                ids.append("")
                 continue
+            ids.append(message_id)
             try:
                 reply = self._app(message, self._contexts[node_id])
             except Exception as exc:  # a crashing ClientApp is a failed reply, as on a SuperLink
