@@ -68,13 +68,17 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self._contexts if n not in self.down]
 
+    def delivers_to(self, node_id: int) -> bool:
+        """Whether a message to ``node_id`` reaches its ClientApp."""
+        return node_id in self._contexts and node_id not in self.down
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
             message_id = str(uuid.uuid4())
             message.metadata.__dict__["_message_id"] = message_id
             node_id = message.metadata.dst_node_id
-            if node_id in self.down or node_id not in self._contexts:
+            if not self.delivers_to(node_id):
                 # not delivered, and no reply will ever come: no id to wait for
                 ids.append("")
                 continue
