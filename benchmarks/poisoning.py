@@ -223,11 +223,7 @@ def main() -> None:
             "table_markdown": table,
             "seconds": time.perf_counter() - started,
     }  # fmt: skip
-    if args.output.resolve() == (RESULTS / "poisoning.json").resolve():
-        path = write_result("poisoning", payload)
-    else:
-        args.output.write_text(json.dumps({"machine": machine(), **payload}, indent=2, default=float))
-        path = args.output
+    path = write_result("poisoning", payload, args.output)
     print(f"wrote {path}")
 
 
