@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import LiveServer, heart_job
+from dashboard_support import enrolment_code
 
 from aggregator.jobs.app import create_app as create_jobs_app
 from aggregator.jobs.runner import LocalRunner
@@ -37,7 +38,6 @@ from interconnect.pce.service import create_app as create_pce_app
 from paroma.jobspec import parse_job_spec
 from protection_layer.consent_mix import research_consent
 from protection_layer.consent_requests import ConsentRequests
-from protection_layer.dashboard import PatientSessions
 from protection_layer.opa_api import create_opa_app
 
 ROLES = ("anonymous", "patient-a", "patient-b", "scientist-x", "scientist-y", "site-admin", "operator")
@@ -124,12 +124,9 @@ REQUEST_URL = "/patient/api/requests/{request}"
 
 
 def _dashboard_session(url: str, site_root: Path, patient: str) -> dict[str, str]:
-    sessions = PatientSessions.for_site(site_root)
-    try:
-        code = sessions.issue_code(patient).code
-    finally:
-        sessions.close()
-    answer = httpx.post(f"{url}/patient/api/session", json={"code": code}, timeout=20)
+    answer = httpx.post(
+        f"{url}/patient/api/session", json={"code": enrolment_code(site_root, patient)}, timeout=20
+    )
     assert answer.status_code == 201, answer.text
     return {
         "Cookie": f"paroma_patient={answer.cookies['paroma_patient']}",
