@@ -92,13 +92,14 @@ def test_stop_ends_the_whole_process_tree_and_a_reused_pid_is_not_taken_for_the_
 
 @pytest.mark.slow
 def test_up_stops_with_the_failing_service_named_and_leaves_nothing_running(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1] // 10 * 10
-    base = min(base, 60_000)
-    config_path = tmp_path / "fed.toml"
-    config_path.write_text(
-        f"""
+    for _attempt in range(20):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1] // 10 * 10
+        base = min(base, 60_000)
+        config_path = tmp_path / "fed.toml"
+        config_path.write_text(
+            f"""
 [federation]
 name = "broken"
 workdir = "state"
@@ -118,10 +119,17 @@ fhir_port = {base + 7}
 supernode_port = {base + 6}
 ingress_port = {base + 5}
 """
-    )
-    config = load_federation_config(config_path)
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", config.relay_port("router-3")))
+        )
+        config = load_federation_config(config_path)
+        blocker = socket.socket()
+        try:
+            blocker.bind(("127.0.0.1", config.relay_port("router-3")))
+        except OSError:  # held by another test process (the suite runs on two workers): new ports
+            blocker.close()
+            continue
+        break
+    else:
+        pytest.fail("no free block of ports for the test federation")
     blocker.listen()
     try:
         with pytest.raises(launcher.LaunchError) as caught:
